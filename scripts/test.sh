@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create (if needed) a virtual environment, install everything, and run the whole test suite.
+#   bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+  [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+  # shellcheck disable=SC1091
+  source "$VENV/bin/activate"
+fi
+if ! python -c "import torch" 2>/dev/null; then
+  # Without a GPU, take the CPU build (TORCH_SPEC overrides); with one, pip's default CUDA build.
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    python -m pip install "${TORCH_SPEC:-torch}"
+  else
+    python -m pip install "${TORCH_SPEC:-torch==2.13.0}"
+  fi
+fi
+python -m pip install -q -r requirements-test.txt
+python -m pip install -q --no-deps -e .
+exec python -m pytest "$@"

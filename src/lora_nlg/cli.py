@@ -1,0 +1,162 @@
+"""Typed dataclass configuration from a YAML file and command-line flags.
+
+Each program has one dataclass; its fields are the flags (``--field_name``), the docstring under
+each field is the flag's help. ``--config FILE.yaml`` fills fields first, flags given on the
+command line override it. An unknown key in the file or an unknown flag is an error. The resolved
+configuration is what gets saved next to outputs and inside checkpoints.
+"""
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import sys
+import textwrap
+import typing
+from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def field_docs(cls) -> Dict[str, str]:
+    """Attribute docstrings: the string literal right under each field of a dataclass."""
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _unwrap_optional(tp):
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _str2bool(s: str) -> bool:
+    v = s.lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp, help_: str):
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_, dest=f.name)
+    if tp is bool:
+        # `--flag` alone means true (the seed's store_true flags); `--flag false` also works.
+        kw.update(nargs="?", const=True, type=_str2bool, metavar="BOOL")
+    elif origin is typing.Literal:
+        choices = typing.get_args(tp)
+        kw.update(type=type(choices[0]), choices=choices)
+    elif origin in (list, tuple, typing.List, typing.Tuple, Sequence):
+        item = (typing.get_args(tp) or (str,))[0]
+        kw.update(nargs="*", type=item)
+    else:
+        kw.update(type=tp)
+    parser.add_argument(f"--{f.name}", **kw)
+
+
+def build_parser(cls, prog: Optional[str] = None, description: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML file with any of the fields below; flags override it")
+    hints = typing.get_type_hints(cls, include_extras=False)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        _add_field(parser, f, hints[f.name], f"{docs.get(f.name, '')} (default: {default!r})")
+    return parser
+
+
+def _coerce(value, tp, where: str):
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if value is None:
+        return None
+    if origin in (list, tuple, typing.List, typing.Tuple, Sequence):
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        item = (typing.get_args(tp) or (str,))[0]
+        return [_coerce(v, item, where) for v in value]
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        return _str2bool(str(value))
+    if tp is float and isinstance(value, (int, float, str)):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, (str, int, float)):
+        return str(value)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ValueError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def load_config_file(cls, path: str) -> Dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of field: value at the top level")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    return {k: _coerce(v, hints[k], f"{path}: key {k!r}") for k, v in data.items()}
+
+
+def parse_config(cls: Type[T], argv: Optional[List[str]] = None, prog: Optional[str] = None,
+                 defaults: Optional[Dict[str, Any]] = None) -> T:
+    """Parse ``argv`` into ``cls``: dataclass defaults < ``defaults`` < ``--config`` file < flags."""
+    parser = build_parser(cls, prog=prog)
+    ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    values: Dict[str, Any] = dict(defaults or {})
+    config_path = vars(ns).pop("config", None)
+    if config_path:
+        values.update(load_config_file(cls, config_path))
+    values.update(vars(ns))
+    hints = typing.get_type_hints(cls)
+    values = {k: (tuple(v) if isinstance(v, list) and typing.get_origin(_unwrap_optional(hints[k])) is tuple else v)
+              for k, v in values.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        parser.error(str(e))
+
+
+def config_to_dict(cfg) -> Dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def save_config(cfg, path: str) -> None:
+    """Write the resolved configuration as YAML (loadable again with ``--config``)."""
+    from lora_nlg.atomic import atomic_write
+
+    with atomic_write(path) as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,122 @@
+"""Fetch the pretrained GPT-2 checkpoints from the Hugging Face Hub, sha256-checked.
+
+    python -m lora_nlg.pretrained gpt2.md [gpt2.sm ...] [--out pretrained_checkpoints]
+
+Each card becomes a Hugging Face GPT-2 folder ``<out>/<hub name>/`` (``config.json``,
+``model.safetensors``) that ``lora_nlg.checkpoint.load_pretrained`` reads. The expected sha256 of
+``model.safetensors`` is the one the Hub publishes for the file (its LFS object id, from the
+``/api/models/<repo>/tree/<revision>`` listing), or a pinned value from ``--sha256``; the
+download is written to a temporary file, hashed, and renamed only if the hash matches. A mirror
+folder (``--mirror DIR`` or ``NLG_MODEL_MIRROR``) holding ``<hub name>/model.safetensors`` and
+``config.json`` is used instead of the network when present (same hash check when a hash is known).
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+
+HUB = "https://huggingface.co"
+HUB_NAMES = {
+    "gpt2.sm": "openai-community/gpt2",
+    "gpt2.md": "openai-community/gpt2-medium",
+    "gpt2.lg": "openai-community/gpt2-large",
+    "gpt2.xl": "openai-community/gpt2-xl",
+}
+FILES = ("config.json", "model.safetensors")
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hub_sha256(repo: str, filename: str, revision: str = "main") -> str:
+    """The sha256 the Hub publishes for an LFS file (its ``lfs.oid``)."""
+    url = f"{HUB}/api/models/{repo}/tree/{revision}"
+    with urllib.request.urlopen(url, timeout=60) as r:
+        listing = json.load(r)
+    for entry in listing:
+        if entry.get("path") == filename and entry.get("lfs"):
+            return entry["lfs"]["oid"]
+    raise RuntimeError(f"{url}: no LFS entry for {filename}")
+
+
+def _download(url: str, dest: str) -> None:
+    folder = os.path.dirname(dest)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download.")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as r:
+            shutil.copyfileobj(r, out, 1 << 20)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def fetch(card: str, out_dir: str, mirror: str = None, sha256: str = None, revision: str = "main") -> str:
+    """Make ``<out_dir>/<hub name>/`` complete and verified; return the folder."""
+    repo = HUB_NAMES[card]
+    folder = os.path.join(out_dir, repo.split("/")[-1])
+    os.makedirs(folder, exist_ok=True)
+    weights = os.path.join(folder, "model.safetensors")
+    source = os.path.join(mirror, repo.split("/")[-1]) if mirror else None
+    if source and os.path.isdir(source):
+        for name in FILES:
+            if not os.path.exists(os.path.join(source, name)):
+                raise FileNotFoundError(f"mirror {source} lacks {name} (set by --mirror or NLG_MODEL_MIRROR)")
+        for name in FILES:
+            if not os.path.exists(os.path.join(folder, name)):
+                shutil.copyfile(os.path.join(source, name), os.path.join(folder, name) + ".part")
+                os.replace(os.path.join(folder, name) + ".part", os.path.join(folder, name))
+    else:
+        try:
+            expected = sha256 or hub_sha256(repo, "model.safetensors", revision)
+            for name in FILES:
+                if not os.path.exists(os.path.join(folder, name)):
+                    url = f"{HUB}/{repo}/resolve/{revision}/{name}"
+                    print(f"downloading {url}", file=sys.stderr)
+                    _download(url, os.path.join(folder, name))
+        except (urllib.error.URLError, OSError) as e:
+            raise RuntimeError(
+                f"cannot download {repo} from {HUB} ({e}); put {repo.split('/')[-1]}/config.json and "
+                f"model.safetensors in a folder and pass it with --mirror or NLG_MODEL_MIRROR") from e
+        sha256 = expected
+    if sha256:
+        got = sha256_of(weights)
+        if got != sha256:
+            os.unlink(weights)
+            raise RuntimeError(f"{weights}: sha256 {got} does not match the expected {sha256}; removed it")
+        print(f"{weights}: sha256 ok ({got})", file=sys.stderr)
+    return folder
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cards", nargs="+", choices=sorted(HUB_NAMES), help="model cards to fetch")
+    p.add_argument("--out", default="pretrained_checkpoints", help="destination folder")
+    p.add_argument("--mirror", default=os.environ.get("NLG_MODEL_MIRROR"), help="offline mirror folder")
+    p.add_argument("--revision", default="main", help="Hub revision (branch, tag or commit)")
+    p.add_argument("--sha256", default=None, help="pinned sha256 of model.safetensors (one card only)")
+    args = p.parse_args(argv)
+    if args.sha256 and len(args.cards) > 1:
+        p.error("--sha256 pins one file: give one card")
+    for card in args.cards:
+        try:
+            print(fetch(card, args.out, args.mirror, args.sha256, args.revision))
+        except (RuntimeError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

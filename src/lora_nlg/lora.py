@@ -163,8 +163,11 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
             if isinstance(base, LoRALinear):
                 raise ValueError(f"{path} already has LoRA")
             enable = [True] if slices == [None] else [i in slices for i in range(3)]
-            setattr(parent, name, LoRALinear(base, config.r, config.alpha, enable, config.dropout,
-                                             config.scaling_rule, config.init))
+            lora = LoRALinear(base, config.r, config.alpha, enable, config.dropout,
+                              config.scaling_rule, config.init)
+            # A new module starts in training mode: follow the wrapped layer, so that LoRA put on a
+            # model in eval mode does not drop out.
+            setattr(parent, name, lora.train(base.training))
     model.lora_config = config
     return model
 

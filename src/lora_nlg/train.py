@@ -1,0 +1,531 @@
+"""The training loop of ``gpt2_ft.py``: LoRA (or full) fine-tuning, one process or torchrun + DDP.
+
+One optimizer step, on every rank:
+
+1. take this rank's slice of the next global batch (``BucketBatchSampler`` is given
+   ``train_batch_size * grad_acc`` per rank) and cut it into micro-batches of
+   ``train_batch_size``, each padded to its own longest sequence;
+2. all-reduce the number of loss tokens of the whole global batch, up front;
+3. forward and backward every micro-batch, the LM head only at loss positions, with the loss
+   ``sum of token losses * world_size / global loss tokens`` (DDP averages gradients over ranks, so
+   the gradient is that of the mean token loss of the global batch: 1 rank x batch 8, 2 ranks x
+   batch 4 and 1 rank x batch 4 x grad_acc 2 compute the same step); gradients are synchronised
+   only on the last micro-batch (``no_sync`` on the others);
+4. all-reduce the loss (and any rank's stop request), stop on a non-finite loss, clip, step the
+   optimizer and then the schedule, once.
+
+Validation runs every ``eval_interval`` steps and at each epoch end: token-weighted cross-entropy
+summed over all ranks' shards, then divided. Checkpoints: ``lora_nlg.trainer_state``.
+"""
+import contextlib
+import dataclasses
+import inspect
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from lora_nlg import trainer_state as ts
+from lora_nlg.batching import BucketBatchSampler, FTDataset, collate, read_encoded
+from lora_nlg.checkpoint import ADAPTER_FILE, apply_lora_weights, load_lora, load_pretrained
+from lora_nlg.cli import config_to_dict, parse_config, save_config
+from lora_nlg.distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
+from lora_nlg.lora import LoRAConfig, apply_lora, count_trainable, mark_only_lora_as_trainable
+from lora_nlg.model import GPT2Config, GPT2LMModel
+from lora_nlg.optim import build_optimizer, build_scheduler
+from lora_nlg.run_log import RunLog
+from lora_nlg.train_config import ConfigError, TrainConfig, check, environment_defaults
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Settings that must not change when resuming: the checkpoint would not fit, or would not mean the
+# same thing. Anything else that differs is reported and the new value is used.
+RESUME_MUST_MATCH = ("model_card", "init_checkpoint", "lora_dim", "lora_alpha", "lora_targets",
+                     "lora_scaling_rule", "obj", "seq_len", "random_seed")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite; nothing was saved after the last good step."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    best_val_loss: Optional[float]
+    last_checkpoint: Optional[str]
+    interrupted_by: Optional[int] = None  # the signal that stopped the run early
+
+
+def token_loss_sum(model, batch: Dict[str, torch.Tensor], label_smooth: float, autocast) -> torch.Tensor:
+    """Sum over the batch's loss positions of the cross-entropy (label-smoothed over the full
+    vocabulary, as the seed's ``(1 - eps) * nll + eps * mean(-log p)``); the LM head runs on
+    those positions only. A float32 scalar."""
+    mask = batch["loss_mask"].bool()
+    with autocast():
+        logits = model(batch["input_ids"], logit_mask=mask)  # (N, V)
+    return F.cross_entropy(logits.float(), batch["labels"][mask], label_smoothing=label_smooth, reduction="sum")
+
+
+def build_model(cfg: TrainConfig, log: RunLog) -> GPT2LMModel:
+    """The backbone (pretrained, or random with a warning), with LoRA applied and only LoRA
+    trainable; or, with ``lora_dim 0``, everything trainable."""
+    if cfg.init_checkpoint:
+        model = load_pretrained(cfg.init_checkpoint, cfg.model_card)
+    else:
+        log.warn(f"no --init_checkpoint: the {cfg.model_card} backbone is randomly initialised "
+                 f"(seed {cfg.random_seed}); fine for tests and demos, not for results")
+        model = GPT2LMModel(GPT2Config.from_card(cfg.model_card))
+    if cfg.seq_len > model.config.n_positions:
+        raise ConfigError(f"--seq_len {cfg.seq_len} exceeds the model's {model.config.n_positions} positions")
+    if cfg.lora_dim > 0:
+        apply_lora(model, LoRAConfig(r=cfg.lora_dim, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                     targets=tuple(cfg.lora_targets), scaling_rule=cfg.lora_scaling_rule))
+        mark_only_lora_as_trainable(model)
+    else:
+        for p in model.parameters():
+            p.requires_grad = True
+    return model.train()
+
+
+def shard_batches(lengths: List[int], batch_size: int, world_size: int, rank: int) -> List[List[int]]:
+    """Validation batches of this rank: examples sorted by length (little padding), cut into
+    batches, dealt out round-robin; every example is scored exactly once over all ranks."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return batches[rank::world_size]
+
+
+class Trainer:
+    """Everything one rank needs to train; ``fit`` runs the loop. See the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
+        self.cfg, self.dist = cfg, dist_info
+        self.device = dist_info.device
+        self.precision = cfg.precision
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("--precision fp16 (--fp16) needs CUDA; on the CPU use --precision bf16 or fp32")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.ckpt_root = ts.checkpoints_dir(cfg.work_dir)
+        resume_from = self._prepare_work_dir()
+        ts.seed_everything(cfg.random_seed)
+
+        # Data. The sampler's unit is one optimizer step's worth of this rank's examples.
+        joint_lm = cfg.obj == "jlm"
+        self.train_set = FTDataset(read_encoded(cfg.train_data), cfg.seq_len, joint_lm=joint_lm)
+        self.train_lengths = self.train_set.lengths()
+        self.sampler = BucketBatchSampler(self.train_lengths, cfg.train_batch_size * cfg.grad_acc,
+                                          dist_info.world_size, dist_info.rank, seed=cfg.random_seed)
+        self.valid_set = self.valid_batches = None
+        if cfg.valid_data:
+            self.valid_set = FTDataset(read_encoded(cfg.valid_data), cfg.seq_len, joint_lm=joint_lm)
+            self.valid_batches = shard_batches(self.valid_set.lengths(), cfg.valid_batch_size,
+                                               dist_info.world_size, dist_info.rank)
+        self.steps_per_epoch = len(self.sampler)
+        self.max_step = cfg.max_step if cfg.max_step is not None else cfg.max_epoch * self.steps_per_epoch
+
+        self.step, self.epoch = 0, 1  # optimizer steps done; the epoch being run (1-based, as the seed)
+        self.best_val_loss = self.last_val_loss = None
+        self.last_eval_step = self.last_save_step = None
+        self.last_checkpoint = resume_from
+        state = ts.load_trainer_state(resume_from) if resume_from else None
+        self.log = RunLog(cfg.work_dir, dist_info.is_main, self.max_step,
+                          start_step=state["step"] if state else 0, tensorboard=cfg.tensorboard)
+
+        # Model: same seed, same backbone and LoRA init on every rank and in every resumed run.
+        self.model = build_model(cfg, self.log)
+        self.full = cfg.lora_dim == 0 or cfg.save_full
+        if state:
+            self._load_weights(resume_from)
+        self.model.to(self.device)
+        if cfg.compile:
+            self.model.transformer.compile(dynamic=True)  # the body only: the LM head's input size varies
+        self.ddp = None
+        if torch.distributed.is_initialized():
+            # The model's only buffers (LoRA's row index) are equal everywhere: no per-forward sync.
+            no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                              inspect.signature(DistributedDataParallel.__init__).parameters
+                              else {"broadcast_buffers": False})
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True, **no_buffer_sync)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(
+            self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_epislon, correct_bias=cfg.correct_bias, no_decay_bias=cfg.no_decay_bias,
+            fused=self.device.type == "cuda" and self.precision != "fp16")
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.warmup_step, self.max_step,
+                                         cfg.lr, cfg.i_steps, cfg.i_lrs)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self._stop_signal: Optional[int] = None
+        self._stop_announced = False
+        self._resume_rng = None
+        if state:
+            self._load_state(state, resume_from)
+        self._describe()
+
+    # -------------------------------------------------------------------------------- setup
+
+    def _prepare_work_dir(self) -> Optional[str]:
+        """The checkpoint to resume from, or None; refuses to mix a new run with an old one."""
+        cfg = self.cfg
+        last = ts.last_checkpoint(cfg.work_dir) if os.path.isdir(self.ckpt_root) else None
+        if self.dist.is_main:
+            ts.remove_stale_temp_dirs(self.ckpt_root)
+        if cfg.resume:
+            return last
+        if last and not cfg.overwrite:
+            raise ConfigError(f"{cfg.work_dir} already holds a run (last checkpoint {last}): pass --resume "
+                              f"to continue it, --overwrite to replace it, or another --work_dir")
+        barrier()
+        if self.dist.is_main and cfg.overwrite:
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+            shutil.rmtree(os.path.join(cfg.work_dir, "tensorboard"), ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(cfg.work_dir, "log.jsonl"))
+        barrier()
+        return None
+
+    def _load_weights(self, folder: str) -> None:
+        if self.cfg.lora_dim > 0:
+            tensors, _ = load_lora(os.path.join(folder, ADAPTER_FILE))
+            apply_lora_weights(self.model, tensors)
+        else:
+            saved = load_pretrained(os.path.join(folder, ts.FULL_MODEL), self.cfg.model_card)
+            self.model.load_state_dict(saved.state_dict(), strict=True)
+
+    def _load_state(self, state: dict, folder: str) -> None:
+        cfg = config_to_dict(self.cfg)
+        saved = state["config"]
+        fatal = [k for k in RESUME_MUST_MATCH if saved.get(k) != cfg.get(k)]
+        if fatal:
+            raise ConfigError(f"cannot resume {folder}: " + "; ".join(
+                f"--{k} was {saved.get(k)!r}, now {cfg.get(k)!r}" for k in fatal))
+        ignore = {"resume", "overwrite", "local_rank", "platform"}
+        changed = [k for k in cfg if k not in ignore and saved.get(k) != cfg[k]]
+        if changed:
+            self.log.warn("resuming with changed settings: " + ", ".join(
+                f"{k} {saved.get(k)!r} -> {cfg[k]!r}" for k in changed))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.best_val_loss, self.last_val_loss = state["best_val_loss"], state["last_val_loss"]
+        self.last_eval_step = self.last_save_step = self.step
+        rngs = state["rng"]
+        if len(rngs) == self.dist.world_size:
+            self._resume_rng = rngs[self.dist.rank]
+        else:
+            self.log.warn(f"saved by {len(rngs)} processes, resumed by {self.dist.world_size}: the data "
+                          f"order continues exactly, the random streams (LoRA dropout) do not")
+            self._resume_rng = rngs[self.dist.rank % len(rngs)]
+        self.log.event(self.step, f"resumed from {folder} at step {self.step} (epoch {self.epoch})")
+
+    def _describe(self) -> None:
+        cfg, d = self.cfg, self.dist
+        if cfg.platform is not None:
+            self.log.warn(f"--platform {cfg.platform} is ignored: torchrun's environment decides how to run")
+        if d.is_main:
+            save_config(cfg, os.path.join(cfg.work_dir, "config.yaml"))
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "no process group"
+        kind = (f"LoRA r={cfg.lora_dim} alpha={cfg.lora_alpha:g} on {','.join(cfg.lora_targets)}"
+                if cfg.lora_dim else "full fine-tuning")
+        self.log.say(
+            f"{cfg.model_card} | {kind} | {count_trainable(self.model):,} trainable parameters | "
+            f"{d.world_size} process(es) on {self.device.type} ({backend}) | {self.precision}\n"
+            f"train {len(self.train_set):,} examples, {self.steps_per_epoch:,} steps/epoch of "
+            f"{cfg.train_batch_size} x {cfg.grad_acc} x {d.world_size} examples | max_step {self.max_step:,}"
+            + (f" | valid {len(self.valid_set):,} examples" if self.valid_set is not None else " | no validation"))
+
+    # -------------------------------------------------------------------------------- loop
+
+    def fit(self) -> TrainResult:
+        if self._resume_rng is not None:
+            ts.restore_rng(self._resume_rng)  # last: nothing may draw random numbers after this
+        with self._catch_signals():
+            try:
+                return self._loop()
+            finally:
+                self.log.close()
+
+    def _done(self) -> bool:
+        return self.step >= self.max_step or (self.cfg.max_epoch is not None and self.epoch > self.cfg.max_epoch)
+
+    def _loop(self) -> TrainResult:
+        meter = _Meter()
+        stop = False  # a rank got SIGINT / SIGTERM (agreed on by all ranks inside _train_step)
+        while not self._done():
+            self.sampler.set_epoch(self.epoch - 1)
+            for indices in self.sampler:
+                loss, stop = self._train_step(indices, meter)
+                self.step += 1
+                self._after_step(loss, meter)
+                if stop or self.step >= self.max_step:
+                    break
+            if self.sampler.epoch != self.epoch - 1 or self.sampler.step >= self.steps_per_epoch:
+                self._end_epoch()
+            if stop:
+                self._save(f"step-{self.step}", resumable=True, skip_if_saved=True)
+                how = f"signal {self._stop_signal}" if self._stop_signal else "a signal to another rank"
+                self.log.event(self.step, f"stopped by {how} at step {self.step}; continue with --resume "
+                                          f"(checkpoint {self.last_checkpoint})")
+                return self._result(interrupted=self._stop_signal or int(signal.SIGTERM))
+        self._save(f"step-{self.step}", resumable=True, skip_if_saved=True)
+        self.log.event(self.step, f"end of training at step {self.step}; best validation loss "
+                                  f"{self.best_val_loss}; last checkpoint {self.last_checkpoint}")
+        return self._result()
+
+    def _result(self, interrupted=None) -> TrainResult:
+        return TrainResult(self.step, self.epoch, self.best_val_loss, self.last_checkpoint, interrupted)
+
+    def _micro_batches(self, indices: List[int]) -> List[Dict[str, torch.Tensor]]:
+        """This rank's examples cut into micro-batches of ``train_batch_size`` (on the CPU)."""
+        B = self.cfg.train_batch_size
+        return [collate([self.train_set[i] for i in indices[j:j + B]]) for j in range(0, len(indices), B)]
+
+    def _to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if self.device.type == "cuda":
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return batch
+
+    def _global_sum(self, values: List[float]) -> List[float]:
+        """``values`` summed over ranks (without a process group: as they are, no device sync)."""
+        if self.ddp is None:
+            return values
+        return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(self.precision),
+                              enabled=self.precision != "fp32")
+
+    def _train_step(self, indices: List[int], meter: "_Meter"):
+        """One optimizer step on this rank's examples ``indices``; returns (global mean loss,
+        whether any rank asked to stop)."""
+        cfg, world = self.cfg, self.dist.world_size
+        micro = self._micro_batches(indices)
+        n_loss, n_tokens = self._global_sum([sum(float(mb["loss_mask"].sum()) for mb in micro),
+                                             float(sum(self.train_lengths[i] for i in indices))])
+        scale = world / max(n_loss, 1.0)
+        model = self.ddp or self.model
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for j, mb in enumerate(micro):
+            sync = self.ddp is None or j == len(micro) - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                loss = token_loss_sum(model, self._to_device(mb), cfg.label_smooth, self._autocast)
+                self.scaler.scale(loss * scale).backward()
+            loss_sum += loss.detach()
+        stop = torch.tensor(1.0 if self._stop_signal is not None else 0.0, dtype=torch.float64, device=self.device)
+        total_loss, any_stop = all_reduce_sum(torch.stack([loss_sum, stop])).tolist()
+        loss = total_loss / max(n_loss, 1.0)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"the training loss is {loss} at step {self.step + 1} (epoch {self.epoch}); stopped without "
+                f"saving. The last good checkpoint is {self.last_checkpoint or 'none (nothing saved yet)'}. "
+                f"Try a lower --lr, --clip 1.0, or --precision bf16 instead of fp16.")
+        if any_stop > 0 and not self._stop_announced:
+            self._stop_announced = True
+            self.log.say(f"received signal {self._stop_signal or '(on another rank)'}: saving a checkpoint after "
+                         f"this step, then stopping (send it again to stop at once)")
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if cfg.clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip))
+        elif (self.step + 1) % cfg.log_interval == 0:
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+        if grad_norm is not None and not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            # (with fp16 the GradScaler skips such a step and lowers its scale instead)
+            raise NonFiniteLoss(f"the gradient norm is {grad_norm} at step {self.step + 1} (epoch {self.epoch}); "
+                                f"stopped without saving. The last good checkpoint is "
+                                f"{self.last_checkpoint or 'none (nothing saved yet)'}.")
+        meter.lr = self.scheduler.get_last_lr()[0]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        meter.add(loss, n_tokens, grad_norm)
+        return loss, any_stop > 0
+
+    def _after_step(self, loss: float, meter: "_Meter") -> None:
+        cfg = self.cfg
+        self.log.progress(self.step, loss, meter.lr, meter.tokens_per_s)
+        if self.step % cfg.log_interval == 0:
+            self.log.train(self.step, self.epoch, **meter.flush())
+        if self.valid_set is not None and self.step % cfg.eval_interval == 0:
+            self._validate()
+        if self.step % cfg.save_interval == 0:
+            self._save(f"step-{self.step}", resumable=True)
+
+    def _end_epoch(self) -> None:
+        done = self.epoch
+        self.epoch += 1
+        self.sampler.set_epoch(self.epoch - 1)  # the saved sampler state points at the next epoch
+        if self.valid_set is not None and self.last_eval_step != self.step:
+            self._validate(epoch=done)
+        self._save(f"epoch-{done}", resumable=True, epoch=done)
+
+    # ------------------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation token loss (no label smoothing) over all ranks' shards."""
+        self.model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for indices in self.valid_batches:
+            batch = self._to_device(collate([self.valid_set[i] for i in indices]))
+            sums[0] += token_loss_sum(self.model, batch, 0.0, self._autocast)
+            sums[1] += batch["loss_mask"].sum()
+        self.model.train()
+        total, count = all_reduce_sum(sums).tolist()
+        return total / max(count, 1.0)
+
+    def _validate(self, epoch: Optional[int] = None) -> None:
+        start = time.time()
+        loss = self.evaluate()
+        self.last_eval_step, self.last_val_loss = self.step, loss
+        best = math.isfinite(loss) and (self.best_val_loss is None or loss < self.best_val_loss)
+        if best:
+            self.best_val_loss = loss
+        self.log.valid(self.step, epoch or self.epoch, loss, best, time.time() - start)
+        if best:
+            self._save(ts.BEST, resumable=False, epoch=epoch)
+
+    # ------------------------------------------------------------------------- checkpoints
+
+    def _save(self, name: str, resumable: bool, epoch: Optional[int] = None, skip_if_saved: bool = False) -> None:
+        """Write checkpoint ``name`` (rank 0 writes; every rank takes part: RNG states are gathered)."""
+        if skip_if_saved and self.last_save_step == self.step:
+            return
+        cfg = self.cfg
+        if not torch.stack([torch.isfinite(p).all() for p in self.params]).all():  # same on every rank (DDP)
+            raise NonFiniteLoss(f"the weights are no longer finite at step {self.step}; not saving {name}. "
+                                f"The last good checkpoint is {self.last_checkpoint or 'none (nothing saved yet)'}.")
+        rngs = gather_objects(ts.capture_rng()) if resumable else None
+        if self.dist.is_main:
+            description = {
+                "step": self.step, "epoch": epoch or self.epoch, "max_step": self.max_step,
+                "val_loss": self.best_val_loss if name == ts.BEST else self.last_val_loss,
+                "best_val_loss": self.best_val_loss,
+                "init_checkpoint": os.path.abspath(cfg.init_checkpoint) if cfg.init_checkpoint else None,
+                "backbone": "pretrained" if cfg.init_checkpoint else f"random init (seed {cfg.random_seed})",
+                "full_fine_tuning": cfg.lora_dim == 0, "world_size": self.dist.world_size,
+                "global_batch_size": cfg.train_batch_size * cfg.grad_acc * self.dist.world_size,
+                "config": config_to_dict(cfg),
+            }
+            state = None
+            if resumable:
+                state = {
+                    "step": self.step, "epoch": self.epoch, "max_step": self.max_step,
+                    "best_val_loss": self.best_val_loss, "last_val_loss": self.last_val_loss,
+                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                    "sampler": self.sampler.state_dict(), "rng": rngs,
+                    "world_size": self.dist.world_size, "config": config_to_dict(cfg),
+                }
+            folder = os.path.join(self.ckpt_root, name)
+            ts.write_checkpoint(folder, self.model, description, state, full=self.full)
+            if resumable:
+                ts.write_last(self.ckpt_root, name)
+        barrier()
+        if resumable:
+            self.last_save_step = self.step
+            self.last_checkpoint = os.path.join(self.ckpt_root, name)
+
+    # ----------------------------------------------------------------------------- signals
+
+    @contextlib.contextmanager
+    def _catch_signals(self):
+        """SIGINT / SIGTERM: finish the current step, save a resumable checkpoint, stop. A second
+        signal stops at once (no checkpoint)."""
+        def handler(signum, frame):  # no printing here: the interrupted code may be writing to stdout
+            if self._stop_signal is not None:
+                signal.signal(signum, signal.SIG_DFL)
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {}
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+
+class _Meter:
+    """Running numbers between two log lines (all of them global: reduced over ranks)."""
+
+    def __init__(self):
+        self.lr = 0.0
+        self.tokens_per_s = None
+        self._reset()
+
+    def _reset(self):
+        self.losses, self.tokens, self.grad_norm = [], 0.0, None
+        self.start = self.last = time.perf_counter()
+
+    def add(self, loss: float, tokens: float, grad_norm: Optional[float]) -> None:
+        now = time.perf_counter()
+        rate = tokens / max(now - self.last, 1e-9)
+        self.tokens_per_s = rate if self.tokens_per_s is None else 0.9 * self.tokens_per_s + 0.1 * rate
+        self.last = now
+        self.losses.append(loss)
+        self.tokens += tokens
+        if grad_norm is not None:
+            self.grad_norm = grad_norm
+
+    def flush(self) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = dict(loss=sum(self.losses) / max(len(self.losses), 1), lr=self.lr, grad_norm=self.grad_norm,
+                   tokens_per_s=self.tokens / elapsed, ms_per_step=1000 * elapsed / max(len(self.losses), 1))
+        self._reset()
+        return out
+
+
+# --------------------------------------------------------------------------------- entry point
+
+def normalize_launcher_argv(argv: List[str]) -> List[str]:
+    """``torch.distributed.launch`` passes ``--local-rank=N`` (PyTorch 2) or ``--local_rank=N``."""
+    return ["--local_rank" + a[len("--local-rank"):] if a.startswith("--local-rank") else a for a in argv]
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Check ``cfg``, join the process group if launched by torchrun, train, leave the group."""
+    cfg = check(cfg)
+    dist_info = init_distributed(cfg.device)
+    try:
+        return Trainer(cfg, dist_info).fit()
+    finally:
+        cleanup()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``gpt2_ft.py``. Exit status: 0 done, 1 non-finite loss or a bad input file, 2 bad
+    configuration, 128 + signal number when stopped by SIGINT / SIGTERM (after saving)."""
+    argv = normalize_launcher_argv(sys.argv[1:] if argv is None else list(argv))
+    try:
+        cfg = parse_config(TrainConfig, argv, prog="gpt2_ft.py", defaults=environment_defaults())
+    except ValueError as e:  # a --config file with an unknown key or a value of the wrong type
+        print(f"gpt2_ft.py: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = train(cfg)
+    except ConfigError as e:
+        print(f"gpt2_ft.py: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"gpt2_ft.py: error: {e}", file=sys.stderr)
+        return 1
+    return 128 + int(result.interrupted_by) if result.interrupted_by else 0

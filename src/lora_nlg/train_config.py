@@ -1,0 +1,215 @@
+"""The configuration of ``gpt2_ft.py``: every flag of the seed's script, with its meaning, plus ours.
+
+Flags keep the seed's names and defaults (microsoft/LoRA ``examples/NLG/src/gpt2_ft.py``,
+``optimizer.py``, ``gpu.py``) except where noted in a field's help; the paper's command lines run
+unchanged under ``torchrun``. ``--config FILE.yaml`` fills any fields first; flags override it.
+``check`` rejects contradictory settings with a message that says what to change.
+"""
+import dataclasses
+import os
+from typing import List, Literal, Optional
+
+from lora_nlg.lora import SCALING_RULES, TARGETS
+from lora_nlg.model import GPT2_SIZES
+from lora_nlg.optim import parse_cycle
+
+ModelCard = Literal[tuple(GPT2_SIZES)]
+ScalingRule = Literal[tuple(SCALING_RULES)]
+
+# Seed flags that are accepted and ignored: torchrun's environment decides.
+LAUNCHER_FLAGS = ("platform", "local_rank")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Fine-tune GPT-2 with LoRA (or fully) on encoded data-to-text data.
+
+    One process: `python src/gpt2_ft.py ...`; several: `torchrun --nproc_per_node=N src/gpt2_ft.py ...`.
+    """
+
+    # ---- data
+    train_data: Optional[str] = None
+    """Training data, encoded jsonl ({"context": [ids], "completion": [ids]} per line). Required."""
+    valid_data: Optional[str] = None
+    """Validation data, same format (the seed required it; without it no validation runs and no best
+    checkpoint is kept)."""
+    train_batch_size: int = 8
+    """Training examples per process per micro-batch (global batch = this x processes x grad_acc)."""
+    valid_batch_size: int = 4
+    """Validation examples per process per batch."""
+    grad_acc: int = 1
+    """Micro-batches per optimizer step (gradient accumulation)."""
+    seq_len: int = 512
+    """Longest sequence (context + completion); longer examples are cut as FTDataset does. Batches are
+    padded only to their own longest example."""
+    obj: Literal["clm", "jlm"] = "clm"
+    """Training objective: clm = loss on completion tokens only; jlm = loss on context and completion."""
+
+    # ---- model
+    model_card: ModelCard = "gpt2.md"
+    """GPT-2 size."""
+    init_checkpoint: Optional[str] = None
+    """Pretrained GPT-2: a Hugging Face folder or weights file (.safetensors/.bin/.pt). Without it the
+    backbone is randomly initialised (tests and demos only; a warning says so)."""
+    lora_dim: int = 4
+    """LoRA rank r; 0 trains the full model instead. (The seed's script defaulted to 0; its model
+    config, and this project, to 4.)"""
+    lora_alpha: float = 128.0
+    """LoRA alpha: the update is scaled by alpha / r (see --lora_scaling_rule). The paper's recipes use 32."""
+    lora_dropout: float = 0.0
+    """Dropout on LoRA's input (the backbone has none)."""
+    lora_targets: List[str] = dataclasses.field(default_factory=lambda: ["q", "v"])
+    """Where LoRA goes, any of: q k v attn.c_proj mlp.c_fc mlp.c_proj (q, k, v are slices of the fused
+    c_attn)."""
+    lora_scaling_rule: ScalingRule = "alpha/r"
+    """LoRA scaling: alpha/r (the LoRA paper) or alpha/sqrt(r) (rsLoRA)."""
+
+    # ---- optimization (the seed's AdamW and schedules; see lora_nlg.optim)
+    lr: float = 0.00001
+    """Peak learning rate (the paper's recipes use 0.0002)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay."""
+    correct_bias: bool = False
+    """Adam bias correction (the seed's default is off; the paper's commands turn it on)."""
+    adam_epislon: float = 1e-6
+    """Adam epsilon, added to sqrt(v) before bias correction as in the seed (sic: the seed's spelling)."""
+    no_decay_bias: bool = False
+    """No weight decay on biases and LayerNorm weights."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.98
+    """Adam beta2."""
+    scheduler: Literal["linear", "cosine", "constant", "cycle"] = "linear"
+    """Learning-rate schedule, stepped once per optimizer step."""
+    warmup_step: int = 0
+    """Optimizer steps of linear warmup from 0."""
+    i_steps: str = "0"
+    """--scheduler cycle: comma-separated optimizer steps where the learning rate is given (the seed's)."""
+    i_lrs: str = "0.00025"
+    """--scheduler cycle: the learning rates at --i_steps, linear in between (the seed's)."""
+    max_step: Optional[int] = None
+    """Stop after this many optimizer steps (also the length of the schedule)."""
+    max_epoch: Optional[int] = None
+    """Stop after this many epochs; without --max_step the schedule spans them all."""
+    clip: float = 0.0
+    """Clip the gradient's global norm to this; 0 = no clipping."""
+    label_smooth: float = 0.0
+    """Label smoothing over the full vocabulary (training loss only; validation loss is plain cross-
+    entropy)."""
+    random_seed: int = 10
+    """Seed of every random number generator (model init, LoRA init and dropout, data order)."""
+
+    # ---- precision and speed
+    precision: Optional[Literal["fp32", "bf16", "fp16"]] = None
+    """Autocast precision: fp32 (default), bf16 (CUDA or CPU) or fp16 (CUDA only, with a GradScaler).
+    Weights and optimizer state stay fp32; on CUDA, fp32 matrix products use TF32."""
+    fp16: bool = False
+    """The seed's flag: the same as --precision fp16 (native autocast, no apex)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = the local rank's GPU when CUDA is available, else the CPU."""
+    compile: bool = False
+    """torch.compile the transformer body (dynamic shapes: batches differ in length). The first steps
+    and the first validation are slow while it compiles; it pays off on CUDA."""
+
+    # ---- intervals, outputs
+    log_interval: int = 100
+    """Optimizer steps between log lines (log.jsonl, TensorBoard, console)."""
+    eval_interval: int = 2000
+    """Optimizer steps between validations (there is one at each epoch end too)."""
+    save_interval: int = 500
+    """Optimizer steps between checkpoints (there is one at each epoch end and at the end too)."""
+    work_dir: str = "gpt2_model"
+    """Output folder: config.yaml, log.jsonl, tensorboard/, checkpoints/ (default: $PT_OUTPUT_DIR, else
+    gpt2_model)."""
+    resume: bool = False
+    """Continue from the work dir's last checkpoint (exactly: weights, optimizer, schedule, data order,
+    random state). Starts from step 0 if there is none yet."""
+    overwrite: bool = False
+    """Start afresh in a work dir that already holds checkpoints (they are kept until replaced)."""
+    save_full: bool = False
+    """Also write the full merged model (Hugging Face folder model/) in every checkpoint; always on
+    when --lora_dim 0."""
+    tensorboard: bool = True
+    """Write TensorBoard events to work_dir/tensorboard."""
+
+    # ---- seed launcher flags, accepted so old command lines run
+    platform: Optional[str] = None
+    """Accepted and ignored (the seed's k8s/philly/azure/local switch): torchrun's environment decides."""
+    local_rank: Optional[int] = None
+    """Accepted and ignored (torch.distributed.launch passes it): the LOCAL_RANK environment variable
+    decides."""
+
+    def __post_init__(self):
+        self.lora_targets = list(self.lora_targets)
+
+    @property
+    def resolved_precision(self) -> str:
+        return "fp16" if self.fp16 else (self.precision or "fp32")
+
+
+class ConfigError(ValueError):
+    """A contradictory or impossible configuration; the message says which flags and why."""
+
+
+def check(cfg: TrainConfig) -> TrainConfig:
+    """Reject impossible or contradictory settings; fill ``precision`` from ``--fp16``."""
+    problems = []
+    if not cfg.train_data:
+        problems.append("--train_data is required")
+    if cfg.fp16 and cfg.precision not in (None, "fp16"):
+        problems.append(f"--fp16 contradicts --precision {cfg.precision} (--fp16 means --precision fp16)")
+    for name in ("train_batch_size", "valid_batch_size", "grad_acc", "log_interval", "eval_interval",
+                 "save_interval"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.seq_len < 2:
+        problems.append(f"--seq_len must be at least 2, got {cfg.seq_len}")
+    if cfg.lora_dim < 0:
+        problems.append(f"--lora_dim must be >= 0 (0 = full fine-tuning), got {cfg.lora_dim}")
+    if cfg.lora_dim == 0 and cfg.lora_dropout > 0:
+        problems.append(f"--lora_dropout {cfg.lora_dropout} with --lora_dim 0: "
+                        f"full fine-tuning has no LoRA to drop out")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+    unknown = [t for t in cfg.lora_targets if t not in TARGETS]
+    if unknown or (cfg.lora_dim > 0 and not cfg.lora_targets):
+        problems.append(f"--lora_targets {cfg.lora_targets}: choose one or more of {list(TARGETS)}")
+    if not 0.0 <= cfg.label_smooth < 1.0:
+        problems.append(f"--label_smooth must be in [0, 1), got {cfg.label_smooth}")
+    if cfg.clip < 0:
+        problems.append(f"--clip must be >= 0 (0 = no clipping), got {cfg.clip}")
+    if cfg.max_step is None and cfg.max_epoch is None and cfg.scheduler != "cycle":
+        problems.append("give --max_step or --max_epoch (or both: training stops at whichever comes first)")
+    if cfg.max_step is not None and cfg.max_step < 1:
+        problems.append(f"--max_step must be at least 1, got {cfg.max_step}")
+    if cfg.max_epoch is not None and cfg.max_epoch < 1:
+        problems.append(f"--max_epoch must be at least 1, got {cfg.max_epoch}")
+    if cfg.warmup_step < 0:
+        problems.append(f"--warmup_step must be >= 0, got {cfg.warmup_step}")
+    if cfg.scheduler == "cycle":
+        if cfg.warmup_step:
+            problems.append("--warmup_step has no effect with --scheduler cycle: put the warmup in --i_steps / --i_lrs")
+        try:
+            steps, _ = parse_cycle(cfg.i_steps, cfg.i_lrs)
+            if cfg.max_step is not None and cfg.max_step != steps[-1]:
+                problems.append(f"--scheduler cycle ends at --i_steps' last value {steps[-1]}, but --max_step "
+                                f"is {cfg.max_step}: leave --max_step out (the seed set it from --i_steps) "
+                                f"or make them agree")
+        except ValueError as e:
+            problems.append(str(e))
+        if cfg.lr <= 0:
+            problems.append("--scheduler cycle needs --lr > 0 (the learning rates are --i_lrs; --lr is their unit)")
+    if cfg.resume and cfg.overwrite:
+        problems.append("--resume continues the work dir's run, --overwrite starts a new one: choose one")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    if cfg.scheduler == "cycle" and cfg.max_step is None:
+        cfg.max_step = parse_cycle(cfg.i_steps, cfg.i_lrs)[0][-1]
+    cfg.precision = cfg.resolved_precision
+    cfg.fp16 = cfg.precision == "fp16"
+    return cfg
+
+
+def environment_defaults() -> dict:
+    """Defaults the seed took from the environment: ``PT_OUTPUT_DIR`` for the work dir."""
+    return {"work_dir": os.environ["PT_OUTPUT_DIR"]} if os.environ.get("PT_OUTPUT_DIR") else {}

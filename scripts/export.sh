@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Export our LoRA adapters to PEFT or to a merged Hugging Face GPT-2 folder; import PEFT adapters
+# and the seed's released checkpoints. Arguments go to src/lora_export.py:
+#   bash scripts/export.sh export peft   CKPT OUT_DIR
+#   bash scripts/export.sh export merged CKPT OUT_DIR [--pretrained PATH]
+#   bash scripts/export.sh import peft   ADAPTER_DIR OUT.safetensors
+#   bash scripts/export.sh import seed   SEED.pt OUT.safetensors --lora_dim 4 --lora_alpha 32 --model_card gpt2.md
+# Paths are taken relative to the current directory (the script does not cd).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+[[ -n "${VIRTUAL_ENV:-}" || ! -x "$ROOT/.venv/bin/python" ]] || source "$ROOT/.venv/bin/activate"
+exec python "$ROOT/src/lora_export.py" "$@"

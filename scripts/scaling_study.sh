@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The alpha/r study (docs/scaling_study.md): LoRA rank r in {1..32} under alpha/r and alpha/sqrt(r)
+# at a fixed alpha and learning rate, on a tiny GPT-2, on the CPU in minutes.
+#   bash scripts/scaling_study.sh [--out_dir runs/scaling_study] [--lrs 0.002 0.008] [--seeds 1 2 3] [--quick]
+# Flags: python -m lora_nlg.scaling_study --help. Reads the raw E2E files from the data mirror
+# (--mirror DIR, else $NLG_DATA_MIRROR, else ../shared/data). Writes results.md, results.json and
+# scaling_study.png into --out_dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ -n "${VIRTUAL_ENV:-}" || ! -x .venv/bin/python ]] || source .venv/bin/activate
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+exec python -m lora_nlg.scaling_study "$@"

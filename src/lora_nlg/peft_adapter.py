@@ -1,0 +1,427 @@
+"""Our LoRA adapters <-> Hugging Face PEFT adapter folders for transformers' ``GPT2LMHeadModel``.
+
+A PEFT folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` with, for every
+adapted layer, ``base_model.model.transformer.h.<i>.<module>.lora_A.weight`` (R, in) and
+``...lora_B.weight`` (out, R); PEFT adds ``scaling * B A x`` with ``scaling = alpha / R`` (or
+``alpha / sqrt(R)`` under ``use_rslora``), R from ``r`` or ``rank_pattern``, alpha from
+``lora_alpha`` or ``alpha_pattern``. transformers' GPT-2 uses our module names (``attn.c_attn``,
+``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``), so only the fused c_attn needs thought.
+
+Export. n enabled slices of c_attn (q and v: n = 2) with rank r each are one PEFT adapter of rank
+R = n r on the whole c_attn, with no loss:
+
+    A = [A_q; A_v]                         (2r, C)     our lora_A as it is
+    B = [[B_q, 0], [0, 0], [0, B_v]]       (3C, 2r)    rows q | k | v, columns of A_q | A_v
+
+and B A = [B_q A_q; 0; B_v A_v], our update. The scale is kept by choosing PEFT's alpha for each
+module: under alpha/r, ``lora_alpha = scaling * R`` (= n alpha: alpha doubled for q, v); under
+alpha/sqrt(r) (rsLoRA), ``use_rslora`` stays on (so PEFT keeps the rule if the adapter is trained
+on) and ``lora_alpha = scaling * sqrt(R)`` (= sqrt(n) alpha). Modules whose rank differs from the
+config's ``r`` get ``rank_pattern`` / ``alpha_pattern`` entries. A and B are written as trained:
+training on in PEFT sees the same parameters under the same scale. Our own metadata rides along
+in the safetensors header (PEFT ignores it), so importing our export gives back r, alpha and the
+model card exactly.
+
+What PEFT cannot express, and export refuses with a message (``NotRepresentable``):
+- a scale that is not a finite number (alpha or r corrupted): PEFT computes alpha / R from JSON;
+- ``integer_alpha=True`` (for consumers that read ``lora_alpha`` as an int, as PEFT's own type
+  hint says) when the alpha that keeps the scale is not an integer, e.g. rsLoRA on q and v
+  (alpha sqrt 2) or alpha/r with a fractional ``scaling * R``.
+Everything our checkpoints can hold is otherwise representable: any subset of q, k, v (zero rows),
+trained biases (PEFT's ``bias`` lora_only / all), one dropout (PEFT has one per adapter, as we do).
+
+Import. Any PEFT LoRA adapter on GPT-2's c_attn, c_proj (attention and MLP) and c_fc, exactly:
+- c_attn: a slice of B that is zero in every layer is left out of our targets; if B is
+  block-structured like our exports (each slice uses only its own r columns), the slices get their
+  own A (rank R / n: our export comes back as it went out); otherwise each slice gets the whole A
+  (rank R) and its rows of B, which computes the same [B_q A; B_k A; B_v A] = B A;
+- ranks that differ between modules (``rank_pattern``) are padded with zero rows of A and zero
+  columns of B to the largest one; scales that differ (``alpha_pattern``) are folded into B
+  (``B * s_module / s``): the function is unchanged, and the notes in the metadata say so;
+- layers PEFT left out (``layers_to_transform``) get zero A and B (no update).
+Refused with a message naming the file and field: DoRA, LoRA on the embeddings, ``lora_bias``,
+``modules_to_save``, trainable tokens, and any tensor whose name or shape does not fit.
+"""
+import json
+import math
+import os
+import re
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from lora_nlg.adapter_io import (MODULE_SLICES, enabled_slices, model_config_from_metadata, read_adapter,
+                                 skeleton, write_adapter)
+from lora_nlg.atomic import atomic_write
+from lora_nlg.checkpoint import METADATA_KEY, CheckpointError, apply_lora_weights, read_tensors
+from lora_nlg.lora import TARGETS, LoRAConfig
+from lora_nlg.model import GPT2_SIZES, GPT2Config
+from lora_nlg.pretrained import HUB_NAMES
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+PREFIX = "base_model.model."
+SLICE_NAMES = ("q", "k", "v")
+# PEFT's ``bias`` values mean what ours mean.
+BIAS_MODES = ("none", "lora_only", "all")
+# adapter_config.json settings we cannot carry over: (field, value that is fine, why not).
+UNSUPPORTED = (
+    ("use_dora", False, "DoRA adds a magnitude vector that plain LoRA does not have"),
+    ("lora_bias", False, "a bias on lora_B is not part of our LoRA"),
+    ("modules_to_save", None, "fully trained extra modules are not an adapter"),
+    ("trainable_token_indices", None, "trainable token embeddings are not an adapter"),
+    ("layer_replication", None, "replicated layers change the model's depth"),
+    ("target_parameters", None, "LoRA on bare parameters is not on our modules"),
+    ("use_qalora", False, "QA-LoRA pools the input"),
+    ("alora_invocation_tokens", None, "activated LoRA switches on per token"),
+)
+PEFT_KEY = re.compile(r"base_model\.model\.(?:transformer\.)?h\.(\d+)\.(" + "|".join(
+    re.escape(p) for p in MODULE_SLICES) + r")\.lora_([AB])(?:\.[A-Za-z0-9_-]+)?\.weight")
+PEFT_BIAS = re.compile(r"base_model\.model\.(?:transformer\.)?(.*?)(?:\.base_layer)?\.bias")
+
+
+class NotRepresentable(CheckpointError):
+    """The adapter cannot be written in the target format without changing what it computes."""
+
+
+# ------------------------------------------------------------------------------------- export
+
+def _dense_b(lora_b: torch.Tensor, enable) -> torch.Tensor:
+    """Our stacked B (n * out_slice, r) -> PEFT's (len(enable) * out_slice, n * r) block matrix:
+    slice j's B in its own rows and in the columns of its A; zero rows for disabled slices."""
+    n, r = sum(enable), lora_b.shape[1]
+    out_slice = lora_b.shape[0] // n
+    full = lora_b.new_zeros(len(enable) * out_slice, n * r)
+    j = 0
+    for i, on in enumerate(enable):
+        if on:
+            full[i * out_slice:(i + 1) * out_slice, j * r:(j + 1) * r] = lora_b[j * out_slice:(j + 1) * out_slice]
+            j += 1
+    return full
+
+
+def peft_alpha(scaling: float, rank: int, use_rslora: bool, integer_alpha: bool, where: str) -> float:
+    """PEFT's ``lora_alpha`` that gives ``scaling`` at ``rank``."""
+    if not math.isfinite(scaling):
+        raise NotRepresentable(f"{where}: the LoRA scale is {scaling}; PEFT stores a finite lora_alpha "
+                               f"and computes lora_alpha / r from it, so no adapter config gives this scale")
+    alpha = scaling * (math.sqrt(rank) if use_rslora else rank)
+    if integer_alpha:
+        if not math.isclose(alpha, round(alpha), rel_tol=1e-9, abs_tol=1e-9):
+            rule = "lora_alpha / sqrt(r)" if use_rslora else "lora_alpha / r"
+            raise NotRepresentable(
+                f"{where}: scale {scaling:g} at PEFT rank {rank} needs lora_alpha = {alpha!r} "
+                f"({rule}), which is not an integer, and integer_alpha was asked for. Export without "
+                f"--integer_alpha (PEFT itself computes the scale from a fractional lora_alpha), or "
+                f"retrain with an alpha whose PEFT value is whole")
+        return int(round(alpha))
+    return alpha
+
+
+def to_peft(tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig, model_config: GPT2Config,
+            integer_alpha: bool = False, source: str = "adapter") -> Tuple[Dict[str, torch.Tensor], dict]:
+    """Our LoRA tensors -> ``(PEFT tensors, adapter_config fields)``; see the module docstring."""
+    # Strict check of every key and shape against the config, on a backbone-free skeleton.
+    apply_lora_weights(skeleton(model_config, lora_config), tensors)
+    use_rslora = lora_config.scaling_rule == "alpha/sqrt(r)"
+    scaling = lora_config.scaling
+    slices = enabled_slices(lora_config.targets)
+    out, ranks, alphas = {}, {}, {}
+    for path, enable in slices.items():
+        rank = sum(enable) * lora_config.r
+        ranks[path] = rank
+        alphas[path] = peft_alpha(scaling, rank, use_rslora, integer_alpha, f"{source}: {path}")
+        for i in range(model_config.n_layer):
+            name = f"transformer.h.{i}.{path}"
+            out[f"{PREFIX}{name}.lora_A.weight"] = tensors[f"{name}.lora_A"].contiguous()
+            out[f"{PREFIX}{name}.lora_B.weight"] = _dense_b(tensors[f"{name}.lora_B"], enable).contiguous()
+    for key, t in tensors.items():  # trained biases: PEFT keeps a wrapped layer's under base_layer
+        if key.endswith(".bias"):
+            name = key[:-len(".bias")]
+            wrapped = any(name.endswith("." + p) for p in slices) and ".h." in name
+            out[f"{PREFIX}{name}{'.base_layer' if wrapped else ''}.bias"] = t.contiguous()
+    # The config's r / lora_alpha: our r where some module has it (then alpha is ours under
+    # alpha/r), else the one rank there is; the other modules go into the patterns.
+    default = next((p for p in slices if ranks[p] == lora_config.r), next(iter(slices)))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": ranks[default],
+        "lora_alpha": alphas[default],
+        "use_rslora": use_rslora,
+        "target_modules": sorted(slices),
+        "rank_pattern": {p: ranks[p] for p in sorted(slices) if ranks[p] != ranks[default]},
+        "alpha_pattern": {p: alphas[p] for p in sorted(slices) if alphas[p] != alphas[default]},
+        "lora_dropout": lora_config.dropout,
+        "bias": lora_config.bias,
+        "fan_in_fan_out": True,  # transformers' GPT-2 layers are Conv1D
+        "init_lora_weights": "gaussian" if lora_config.init == "gaussian" else True,
+        "inference_mode": True,
+        "use_dora": False,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+    }
+    return out, config
+
+
+def export_peft(adapter_path, folder, base_model: Optional[str] = None, integer_alpha: bool = False) -> dict:
+    """Write our adapter ``adapter_path`` as a PEFT folder; returns the adapter config written.
+
+    base_model: ``base_model_name_or_path`` in the config (default: the Hub name of the model
+    card, e.g. ``openai-community/gpt2-medium``; None for a shape that is no card).
+    """
+    tensors, metadata, lora_config, model_config = read_adapter(adapter_path)
+    peft_tensors, config = to_peft(tensors, lora_config, model_config, integer_alpha, str(adapter_path))
+    if base_model is None:  # a local path would be machine-specific: name the Hub model
+        base_model = HUB_NAMES.get(model_config.model_card)
+    config = {"base_model_name_or_path": base_model, **config}
+    os.makedirs(folder, exist_ok=True)
+    data = save(peft_tensors, metadata={"format": "pt", METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    with atomic_write(os.path.join(folder, WEIGHTS_FILES[0]), "wb") as f:
+        f.write(data)
+    with atomic_write(os.path.join(folder, CONFIG_FILE)) as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return config
+
+
+# ------------------------------------------------------------------------------------- import
+
+def read_peft(folder) -> Tuple[Dict[str, torch.Tensor], dict, Optional[dict], str]:
+    """``(tensors, adapter_config, our header metadata or None, weights file)`` of a PEFT folder."""
+    folder = os.fspath(folder)
+    config_path = os.path.join(folder, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{folder}: no {CONFIG_FILE}; not a PEFT adapter folder")
+    with open(config_path, encoding="utf-8") as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_path}: not valid JSON: {e}") from None
+    name = next((n for n in WEIGHTS_FILES if os.path.isfile(os.path.join(folder, n))), None)
+    if name is None:
+        raise CheckpointError(f"{folder}: no weights; expected one of {list(WEIGHTS_FILES)}")
+    path = os.path.join(folder, name)
+    header = None
+    if name.endswith(".safetensors"):
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if METADATA_KEY in meta:
+            header = json.loads(meta[METADATA_KEY])
+    else:
+        tensors = read_tensors(path)  # torch.load(weights_only=True)
+    return tensors, config, header, path
+
+
+def _pattern_value(pattern: dict, name: str, default):
+    """PEFT's lookup (``peft.utils.other.get_pattern_key``): the first key that matches the end
+    of the module name as a regular expression, dot-separated."""
+    for key, value in (pattern or {}).items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
+
+
+def _model_config(config: dict, header: Optional[dict], model_card: Optional[str],
+                  pretrained_config: Optional[dict], n_embd: int, n_layer: int, source: str) -> GPT2Config:
+    """The backbone shape: our header, the backbone's config.json, the card given, the card the
+    adapter's base model names, or the card whose n_embd and depth the tensors have."""
+    if pretrained_config is not None:
+        keys = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "layer_norm_epsilon")
+        shape = GPT2Config(**{k: pretrained_config[k] for k in keys if k in pretrained_config})
+    elif model_card is not None:
+        shape = GPT2Config.from_card(model_card)
+    elif header is not None and ("model_config" in header or "model_card" in header):
+        shape = model_config_from_metadata(header, source)
+    else:
+        base = str(config.get("base_model_name_or_path") or "")
+        by_hub = {hub.split("/")[-1]: card for card, hub in HUB_NAMES.items()}
+        card = by_hub.get(base.rstrip("/").split("/")[-1])
+        if card is None:
+            fits = [c for c, s in GPT2_SIZES.items() if s["n_embd"] == n_embd and s["n_layer"] >= n_layer]
+            if len(fits) != 1:
+                raise CheckpointError(
+                    f"{source}: cannot tell the GPT-2 size (base_model_name_or_path={base!r}, "
+                    f"n_embd={n_embd}); pass the model card or the pretrained backbone")
+            card = fits[0]
+        shape = GPT2Config.from_card(card)
+    if shape.n_embd != n_embd or shape.n_layer < n_layer:
+        raise CheckpointError(f"{source}: LoRA tensors have n_embd={n_embd} and {n_layer} layers; the "
+                              f"backbone has n_embd={shape.n_embd} and {shape.n_layer} layers")
+    return shape
+
+
+def from_peft(peft_tensors: Dict[str, torch.Tensor], config: dict, header: Optional[dict] = None,
+              model_card: Optional[str] = None, pretrained_config: Optional[dict] = None,
+              source: str = "PEFT adapter") -> Tuple[Dict[str, torch.Tensor], LoRAConfig, GPT2Config, dict]:
+    """PEFT tensors and adapter config -> ``(our tensors, LoRAConfig, GPT2Config, extra metadata)``."""
+    cfg_source = f"{source}: {CONFIG_FILE}"
+    if config.get("peft_type", "LORA") != "LORA":
+        raise CheckpointError(f"{cfg_source}: peft_type is {config.get('peft_type')!r}; only LORA converts")
+    for field, fine, why in UNSUPPORTED:
+        value = config.get(field, fine)
+        if value not in (fine, None, False, [], {}):
+            raise NotRepresentable(f"{cfg_source}: field {field!r} = {value!r} is not supported ({why})")
+    bias_mode = config.get("bias", "none")
+    if bias_mode not in BIAS_MODES:
+        raise CheckpointError(f"{cfg_source}: field 'bias' = {bias_mode!r}; expected one of {BIAS_MODES}")
+    use_rslora = bool(config.get("use_rslora", False))
+    r_default, alpha_default = config.get("r", 8), config.get("lora_alpha", 8)
+
+    # (layer, module) -> {"A": (R, in), "B": (out, R)}; biases under our names.
+    found: Dict[Tuple[int, str], Dict[str, torch.Tensor]] = {}
+    biases: Dict[str, torch.Tensor] = {}
+    for key, t in peft_tensors.items():
+        m = PEFT_KEY.fullmatch(key)
+        if m:
+            found.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = t.float()
+            continue
+        b = PEFT_BIAS.fullmatch(key)
+        if b and bias_mode != "none":
+            biases[f"transformer.{b.group(1)}.bias"] = t.float()
+            continue
+        raise CheckpointError(f"{source}: tensor {key!r} is not LoRA on GPT-2's c_attn, c_proj or c_fc "
+                              f"(nor a bias, adapter bias={bias_mode!r})")
+    if not found:
+        raise CheckpointError(f"{source}: no LoRA tensors")
+    notes: List[str] = []
+    modules: Dict[Tuple[int, str], Tuple[torch.Tensor, torch.Tensor, float]] = {}  # A, B, scale
+    for (i, path), ab in sorted(found.items()):
+        name = f"transformer.h.{i}.{path}"
+        if set(ab) != {"A", "B"}:
+            raise CheckpointError(f"{source}: {name} has lora_{''.join(ab)} without its partner")
+        a, b = ab["A"], ab["B"]
+        rank = a.shape[0]
+        want_rank = _pattern_value(config.get("rank_pattern"), name, r_default)
+        if b.shape[1] != rank or rank != want_rank:
+            raise CheckpointError(f"{source}: {name}: lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}, "
+                                  f"but {CONFIG_FILE} says rank {want_rank} (fields r / rank_pattern)")
+        alpha = float(_pattern_value(config.get("alpha_pattern"), name, alpha_default))
+        scale = alpha / (math.sqrt(rank) if use_rslora else rank)
+        modules[(i, path)] = (a, b, scale)
+
+    (_, path0), (a0, _, _) = next(iter(modules.items()))
+    n_embd = a0.shape[1] // (4 if path0 == "mlp.c_proj" else 1)  # in_features: C, or 4C for mlp.c_proj
+    n_layer = max(i for i, _ in modules) + 1
+    model_config = _model_config(config, header, model_card, pretrained_config, n_embd, n_layer, source)
+    C = model_config.n_embd
+
+    # c_attn: which slices carry an update anywhere, and whether every B is block-structured.
+    attn = {i: (a, b) for (i, p), (a, b, _) in modules.items() if p == "attn.c_attn"}
+    enable = (True, True, True)
+    block = False
+    if attn:
+        live = [any(bool(b[j * C:(j + 1) * C].any()) for a, b in attn.values()) for j in range(3)]
+        enable = tuple(live) if any(live) else (True, True, True)
+        n = sum(enable)
+        if all(a.shape[0] % n == 0 for a, _ in attn.values()):
+            block = True
+            for a, b in attn.values():
+                r = a.shape[0] // n
+                for j, s in enumerate(k for k in range(3) if enable[k]):
+                    rows = b[s * C:(s + 1) * C]
+                    if rows[:, :j * r].any() or rows[:, (j + 1) * r:].any():
+                        block = False
+        if not all(enable):
+            notes.append(f"c_attn: slices {[SLICE_NAMES[j] for j in range(3) if not enable[j]]} are zero in "
+                         f"every layer; LoRA kept on {[SLICE_NAMES[j] for j in range(3) if enable[j]]}")
+        notes.append("c_attn: block-structured B, each slice has its own A (rank R / n)" if block and sum(enable) > 1
+                     else "c_attn: each slice gets PEFT's whole A (rank R) and its rows of B" if sum(enable) > 1
+                     else "c_attn: one slice")
+
+    # Per (layer, path): our stacked A, B and the per-slice rank.
+    ours: Dict[Tuple[int, str], Tuple[List[torch.Tensor], List[torch.Tensor], int, float]] = {}
+    for (i, path), (a, b, scale) in modules.items():
+        if path == "attn.c_attn":
+            n = sum(enable)
+            on = [s for s in range(3) if enable[s]]
+            if block:
+                r = a.shape[0] // n
+                parts_a = [a[j * r:(j + 1) * r] for j in range(n)]
+                parts_b = [b[s * C:(s + 1) * C, j * r:(j + 1) * r] for j, s in enumerate(on)]
+            else:
+                r = a.shape[0]
+                parts_a = [a] * n
+                parts_b = [b[s * C:(s + 1) * C] for s in on]
+            ours[(i, path)] = (parts_a, parts_b, r, scale)
+        else:
+            ours[(i, path)] = ([a], [b], a.shape[0], scale)
+
+    # One r and one scale for all: pad ranks with zeros, fold differing scales into B.
+    r_star = max(r for _, _, r, _ in ours.values())
+    top = [s for _, _, r, s in ours.values() if r == r_star]
+    s_star = top[0]
+    if any(not math.isclose(s, s_star, rel_tol=1e-12) for _, _, _, s in ours.values()):
+        notes.append(f"scales differ between modules (alpha_pattern); folded into B relative to {s_star:g}")
+    if any(r != r_star for _, _, r, _ in ours.values()):
+        notes.append(f"ranks differ between modules (rank_pattern); padded with zeros to r={r_star}")
+    alpha_star = s_star * (math.sqrt(r_star) if use_rslora else r_star)
+    paths = sorted({p for _, p in ours}, key=list(MODULE_SLICES).index)
+    missing = [(i, p) for i in range(model_config.n_layer) for p in paths if (i, p) not in ours]
+    if missing:
+        notes.append(f"{len(missing)} (layer, module) pairs have no PEFT adapter "
+                     f"(layers_to_transform): zero LoRA there")
+    tensors: Dict[str, torch.Tensor] = {}
+    for i in range(model_config.n_layer):
+        for p in paths:
+            name = f"transformer.h.{i}.{p}"
+            if (i, p) in ours:
+                parts_a, parts_b, r, s = ours[(i, p)]
+                fold = 1.0 if math.isclose(s, s_star, rel_tol=1e-12) else s / s_star
+                pa = [torch.cat([x, x.new_zeros(r_star - r, x.shape[1])]) for x in parts_a]
+                pb = [torch.cat([y * fold, y.new_zeros(y.shape[0], r_star - r)], dim=1) for y in parts_b]
+            else:
+                n = sum(enable) if p == "attn.c_attn" else 1
+                in_f = 4 * C if p == "mlp.c_proj" else C
+                out_f = {"attn.c_attn": C, "attn.c_proj": C, "mlp.c_fc": 4 * C, "mlp.c_proj": C}[p]
+                pa = [torch.zeros(r_star, in_f)] * n
+                pb = [torch.zeros(out_f, r_star)] * n
+            tensors[f"{name}.lora_A"] = torch.cat(pa)
+            tensors[f"{name}.lora_B"] = torch.cat(pb)
+    tensors.update(biases)
+
+    targets = [t for t, (p, s) in TARGETS.items()
+               if p in paths and (s is None or enable[s])]
+    init = "gaussian" if config.get("init_lora_weights") == "gaussian" else "kaiming"
+    rule = "alpha/sqrt(r)" if use_rslora else "alpha/r"
+    lora_config = LoRAConfig(r=r_star, alpha=alpha_star, dropout=float(config.get("lora_dropout", 0.0)),
+                             targets=tuple(targets), scaling_rule=rule, init=init, bias=bias_mode)
+    extra = {"imported_from": {"format": "peft", "folder": os.path.basename(os.path.dirname(os.path.abspath(source))),
+                               "peft_version": config.get("peft_version"),
+                               "base_model_name_or_path": config.get("base_model_name_or_path"),
+                               "notes": notes}}
+    if header is not None:  # our own export: take back the exact alpha and what else it said
+        try:
+            theirs = LoRAConfig.from_dict(header)
+        except (TypeError, ValueError):
+            theirs = None
+        if theirs is not None and (theirs.r, theirs.scaling_rule, tuple(theirs.targets), theirs.bias) == \
+                (lora_config.r, rule, tuple(targets), bias_mode) and \
+                math.isclose(theirs.scaling, lora_config.scaling, rel_tol=1e-9):
+            lora_config = theirs
+            reserved = set(lora_config.to_dict()) | {"model_card", "model_config", "imported_from"}
+            extra.update({k: v for k, v in header.items() if k not in reserved})
+    return tensors, lora_config, model_config, extra
+
+
+def import_peft(folder, out_path, model_card: Optional[str] = None, pretrained: Optional[str] = None) -> LoRAConfig:
+    """Convert a PEFT folder into our adapter file ``out_path``; returns its LoRA config.
+
+    pretrained: the backbone folder (its ``config.json`` gives the model's shape; only needed when
+    the shape is neither a model card nor recorded in the adapter)."""
+    peft_tensors, config, header, path = read_peft(folder)
+    pretrained_config = None
+    if pretrained is not None:
+        cfg_path = os.path.join(pretrained, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise CheckpointError(f"{pretrained}: no config.json to read the model's shape from")
+        with open(cfg_path, encoding="utf-8") as f:
+            pretrained_config = json.load(f)
+    tensors, lora_config, model_config, extra = from_peft(
+        peft_tensors, config, header, model_card, pretrained_config, source=path)
+    write_adapter(out_path, tensors, lora_config, model_config, extra)
+    return lora_config

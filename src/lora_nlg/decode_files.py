@@ -1,0 +1,319 @@
+"""``gpt2_decode.py``: predictions + references -> the files the official scorers read.
+
+    python src/gpt2_decode.py --sample_file RUN/predict.jsonl --input_file data/e2e/test_unique.jsonl \\
+        --output_ref_file e2e_ref.txt --output_pred_file e2e_pred.txt                    (E2E scorer)
+    python src/gpt2_decode.py --sample_file RUN/predict.jsonl --input_file data/dart/test_unique.jsonl \\
+        --ref_type dart --ref_num 6 --output_ref_file refs_dart --output_pred_file hyp_dart   (GenerationEval)
+
+Inputs (each format recognised by its fields):
+- ``--sample_file``: our predictions (``{"id", "token_ids", "text"}``: the text is used) or the
+  seed's (``{"id", "predict": [ids]}``: decoded, cut at "<|endoftext|>" and at the first blank
+  line, stripped, as the seed did);
+- ``--input_file``: a ``*_unique.jsonl`` (one line per input, ``references``; prediction ids are its
+  ``id``s) or the seed's ``*_formatted.jsonl`` (one line per (context, completion) pair, WebNLG's with
+  ``cate``; prediction ids are line numbers from 0, and ``--ref_unique_file``, one int per line, may
+  group lines as in the seed).
+
+Protocols (``--protocol``, printed with every run):
+- ``paper`` (microsoft/LoRA's ``gpt2_decode.py``, what the paper's numbers used): inputs grouped by
+  their context string (identical strings merge, DART test: 4,159 groups of 5,097 inputs), the
+  last prediction of a group in file order is its hypothesis; GenerationEval gets exactly
+  ``--ref_num`` reference files, a group's references beyond that dropped and missing ones filled
+  with its first reference; ``--tokenize --lower`` are on by default for WebNLG and DART (the
+  paper's commands pass them), off for E2E;
+- ``official``: every input of a ``*_unique.jsonl`` once, with all its references (as many
+  reference files as the input with the most references; the others are filled with their first
+  reference, which changes neither BLEU's clipped counts and closest length, nor METEOR's and TER's
+  best match); no tokenizing or lowercasing by default (the scorers tokenize themselves).
+
+Files are written so that the scorers read exactly one line per input:
+- E2E scorer: references one per line, inputs separated by one blank line, no blank line after
+  the last input; predictions one per line;
+- GenerationEval (``reference0`` .. ``reference{N-1}`` in the ``--output_ref_file`` folder, and the
+  hypothesis file): lines joined by "\\n" with no newline at the end, because GenerationEval splits
+  on "\\n" and a final newline is an extra empty segment (METEOR then fails: microsoft/LoRA
+  issue 138).
+A line break inside a reference or hypothesis would shift every later line: it becomes a space.
+Every file is written atomically.
+"""
+import dataclasses
+import json
+import os
+import re
+import sys
+from typing import Dict, Hashable, List, Literal, Optional, Tuple
+
+from lora_nlg.atomic import atomic_write
+from lora_nlg.cli import parse_config
+
+PROTOCOLS = ("paper", "official")
+_LINE_BREAK = re.compile(r"\s*[\r\n]+\s*")
+
+
+@dataclasses.dataclass
+class DecodeConfig:
+    """Write reference and hypothesis files for the E2E scorer or GenerationEval (the seed's gpt2_decode.py flags)."""
+
+    vocab: Optional[str] = None
+    """GPT-2 vocabulary folder, to decode the seed's prediction files (default: data/gpt2-vocab or the mirror)."""
+    sample_file: str = ""
+    """Predictions: gpt2_beam.py's jsonl, or the seed's ({"id", "predict"})."""
+    input_file: str = ""
+    """References: a *_unique.jsonl, or the seed's *_formatted.jsonl."""
+    output_ref_file: str = ""
+    """E2E: the reference file; WebNLG / DART: a folder for reference0..reference{N-1}."""
+    output_pred_file: str = ""
+    """The hypothesis file (one line per scored input)."""
+    ref_unique_file: Optional[str] = None
+    """Seed's: one int per line of a *_formatted.jsonl, the group of that line (default: its context)."""
+    ref_type: Literal["e2e", "webnlg", "dart"] = "e2e"
+    """e2e: one reference file, inputs separated by blank lines; webnlg / dart: GenerationEval's files."""
+    ref_num: int = 4
+    """paper protocol, WebNLG / DART: the number of reference files (the paper's commands use 6)."""
+    tokenize: Optional[bool] = None
+    """Split off non-word characters (' '.join(re.split(r'(\\W)', s)), whitespace squeezed).
+    Default: on for the paper protocol on WebNLG / DART, else off."""
+    lower: Optional[bool] = None
+    """Lowercase both sides. Default: as --tokenize."""
+    filter: Literal["all", "seen", "unseen"] = "all"
+    """WebNLG only: inputs of the categories seen in training, unseen, or all."""
+    protocol: Literal["paper", "official"] = "paper"
+    """paper: microsoft/LoRA's grouping and reference cap; official: every input, all references."""
+
+    def __post_init__(self):
+        if self.ref_num < 1:
+            raise ValueError(f"ref_num must be >= 1, got {self.ref_num}")
+        default = self.protocol == "paper" and self.ref_type in ("webnlg", "dart")
+        if self.tokenize is None:
+            self.tokenize = default
+        if self.lower is None:
+            self.lower = default
+
+
+@dataclasses.dataclass
+class Source:
+    """One line of the input file."""
+
+    pred_id: int  # the prediction id belonging to this line
+    group: Hashable  # paper protocol: the context string (or the seed's ref_unique id)
+    official: Hashable  # official protocol: the input's id (a formatted file only has the group)
+    references: List[str]
+    seen: Optional[bool]
+    where: str
+
+
+@dataclasses.dataclass
+class Group:
+    where: str
+    references: List[str]
+    hypothesis: Optional[str] = None
+
+
+def standard_tokenize(text: str) -> str:
+    """The seed's tokenizer: split off every non-word character, squeeze whitespace."""
+    return " ".join(" ".join(re.split(r"(\W)", text)).split())
+
+
+def post_process(text: str, tokenize: bool, lower: bool) -> str:
+    text = _LINE_BREAK.sub(" ", text)
+    if lower:
+        text = text.lower()
+    if tokenize:
+        text = standard_tokenize(text)
+    return text
+
+
+def seed_text(decoded: str) -> str:
+    """The seed's cleaning of a decoded prediction or reference."""
+    return decoded.split("<|endoftext|>")[0].split("\n\n")[0].strip()
+
+
+# ------------------------------------------------------------------------------------- reading
+
+def _records(path: str):
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(item, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object")
+            yield line_no, item
+
+
+def read_sources(path: str, ref_unique_file: Optional[str] = None) -> Tuple[List[Source], str]:
+    """The input file's lines and its kind ('unique' or 'formatted')."""
+    records = list(_records(path))
+    if not records:
+        raise ValueError(f"{path}: empty")
+    if "references" in records[0][1]:
+        if ref_unique_file:
+            raise ValueError(f"--ref_unique_file is for the seed's *_formatted.jsonl; {path} already has one line per input")
+        sources, ids = [], set()
+        for line_no, item in records:
+            where = f"{path}:{line_no}"
+            for field in ("id", "context", "references"):
+                if field not in item:
+                    raise ValueError(f"{where}: missing field {field!r}")
+            refs = item["references"]
+            if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
+                raise ValueError(f"{where}: 'references' must be a non-empty list of non-empty strings")
+            if item["id"] in ids:
+                raise ValueError(f"{where}: id {item['id']} appears twice")
+            ids.add(item["id"])
+            sources.append(Source(item["id"], item["context"], ("id", item["id"]), [r.strip() for r in refs],
+                                  item.get("seen"), f"{where} (id {item['id']})"))
+        return sources, "unique"
+    groups = None
+    if ref_unique_file:
+        with open(ref_unique_file, encoding="utf-8") as f:
+            groups = [int(line) for line in f if line.strip()]
+        if len(groups) != len(records):
+            raise ValueError(f"{ref_unique_file}: {len(groups)} lines, {path} has {len(records)}")
+    sources = []
+    for i, (line_no, item) in enumerate(records):
+        where = f"{path}:{line_no}"
+        for field in ("context", "completion"):
+            if not isinstance(item.get(field), str):
+                raise ValueError(f"{where}: expected string fields 'context' and 'completion' "
+                                 f"(a *_formatted.jsonl) or 'references' (a *_unique.jsonl)")
+        ref = seed_text(item["completion"])
+        if not ref:
+            raise ValueError(f"{where}: empty completion")
+        group = item["context"] if groups is None else groups[i]
+        sources.append(Source(i, group, group, [ref], item.get("cate"), where))
+    return sources, "formatted"
+
+
+def read_predictions(path: str, vocab: Optional[str] = None) -> Dict[int, str]:
+    """id -> hypothesis text, in file order (ours: "text"; the seed's: decoded "predict")."""
+    tokenizer = None
+    out: Dict[int, str] = {}
+    for line_no, item in _records(path):
+        where = f"{path}:{line_no}"
+        if not isinstance(item.get("id"), int):
+            raise ValueError(f"{where}: missing integer field 'id'")
+        if "text" in item:
+            text = item["text"]
+        elif "predict" in item:
+            if tokenizer is None:
+                from lora_nlg.tokenizer import GPT2Tokenizer
+
+                tokenizer = GPT2Tokenizer.from_dir(vocab)
+            text = seed_text(tokenizer.decode(item["predict"]))
+        else:
+            raise ValueError(f"{where}: expected 'text' (gpt2_beam.py) or 'predict' (the seed's beam output)")
+        out[item["id"]] = text.strip()
+    return out
+
+
+def keep_source(source: Source, which: str) -> bool:
+    if which == "all":
+        return True
+    if source.seen is None:
+        raise ValueError(f"{source.where}: --filter {which} needs the seen/unseen flag ('seen' or 'cate'), "
+                         f"which this input lacks (WebNLG files have it)")
+    return bool(source.seen) == (which == "seen")
+
+
+def build_groups(sources: List[Source], predictions: Dict[int, str], protocol: str, which: str = "all") -> List[Group]:
+    """The scored inputs in order of first appearance, their references and hypothesis."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    known = {s.pred_id for s in sources}
+    unknown = [i for i in predictions if i not in known]
+    if unknown:
+        raise ValueError(f"predictions for ids the input file does not have: {unknown[:5]}"
+                         f"{' ...' if len(unknown) > 5 else ''} (is --input_file the file that was decoded?)")
+    groups: Dict[Hashable, Group] = {}
+    source_of: Dict[int, Hashable] = {}
+    for s in sources:
+        if not keep_source(s, which):
+            continue
+        key = s.group if protocol == "paper" else s.official
+        g = groups.setdefault(key, Group(s.where, []))
+        g.references.extend(s.references)
+        source_of[s.pred_id] = key
+    for pred_id, text in predictions.items():  # file order: the last one of a group wins (the seed)
+        if pred_id in source_of:
+            groups[source_of[pred_id]].hypothesis = text
+    missing = [g.where for g in groups.values() if g.hypothesis is None]
+    if missing:
+        raise ValueError(f"{len(missing)} input(s) have no prediction, e.g. {missing[0]}")
+    return list(groups.values())
+
+
+# ------------------------------------------------------------------------------------- writing
+
+def write_e2e(groups: List[Group], ref_path: str, pred_path: str, tokenize: bool, lower: bool) -> None:
+    """The E2E scorer's files: references grouped by blank lines (none after the last group)."""
+    blocks, hyps = [], []
+    for g in groups:
+        refs = [post_process(r, tokenize, lower) for r in g.references]
+        if not all(refs):
+            raise ValueError(f"{g.where}: a reference is empty after processing")
+        blocks.append("".join(r + "\n" for r in refs))
+        hyps.append(post_process(g.hypothesis, tokenize, lower) + "\n")
+    with atomic_write(ref_path) as f:
+        f.write("\n".join(blocks))
+    with atomic_write(pred_path) as f:
+        f.write("".join(hyps))
+
+
+def write_generation_eval(groups: List[Group], ref_dir: str, pred_path: str, n_refs: int,
+                          tokenize: bool, lower: bool) -> int:
+    """GenerationEval's files; returns how many references did not fit in ``n_refs`` files."""
+    columns = [[] for _ in range(n_refs)]
+    dropped = 0
+    for g in groups:
+        refs = [post_process(r, tokenize, lower) for r in g.references]
+        dropped += max(len(refs) - n_refs, 0)
+        for j in range(n_refs):
+            columns[j].append(refs[j] if j < len(refs) else refs[0])
+    os.makedirs(ref_dir, exist_ok=True)
+    for j, lines in enumerate(columns):
+        with atomic_write(os.path.join(ref_dir, f"reference{j}")) as f:
+            f.write("\n".join(lines))
+    with atomic_write(pred_path) as f:
+        f.write("\n".join(post_process(g.hypothesis, tokenize, lower) for g in groups))
+    return dropped
+
+
+def run(cfg: DecodeConfig) -> dict:
+    for name in ("sample_file", "input_file", "output_ref_file", "output_pred_file"):
+        if not getattr(cfg, name):
+            raise ValueError(f"--{name} is required")
+    if cfg.filter != "all" and cfg.ref_type != "webnlg":
+        raise ValueError("--filter seen/unseen applies to WebNLG only")
+    sources, kind = read_sources(cfg.input_file, cfg.ref_unique_file)
+    predictions = read_predictions(cfg.sample_file, cfg.vocab)
+    groups = build_groups(sources, predictions, cfg.protocol, cfg.filter)
+    n_sources = sum(keep_source(s, cfg.filter) for s in sources)
+    summary = {"protocol": cfg.protocol, "input_kind": kind, "inputs": len(groups), "input_lines": n_sources,
+               "references": sum(len(g.references) for g in groups), "tokenize": cfg.tokenize, "lower": cfg.lower,
+               "filter": cfg.filter}
+    if cfg.ref_type == "e2e":
+        write_e2e(groups, cfg.output_ref_file, cfg.output_pred_file, cfg.tokenize, cfg.lower)
+    else:
+        n_refs = cfg.ref_num if cfg.protocol == "paper" else max(len(g.references) for g in groups)
+        summary["reference_files"] = n_refs
+        summary["references_dropped"] = write_generation_eval(groups, cfg.output_ref_file, cfg.output_pred_file,
+                                                              n_refs, cfg.tokenize, cfg.lower)
+    return summary
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(DecodeConfig, argv, prog="gpt2_decode.py")
+    try:
+        summary = run(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    note = ""
+    if cfg.protocol == "official" and summary["input_kind"] == "formatted":
+        note = " (a *_formatted.jsonl only knows context strings: inputs are grouped by them)"
+    print(f"protocol {cfg.protocol}{note}: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "protocol"))
+    return 0

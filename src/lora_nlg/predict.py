@@ -1,0 +1,380 @@
+"""``gpt2_beam.py``: decode every input of a test file with beam search, write a predictions jsonl.
+
+    python src/gpt2_beam.py --data data/e2e/test_unique.jsonl --init_checkpoint RUN/checkpoints/epoch-5 \\
+        --beam 10 --length_penalty 0.9 --no_repeat_ngram_size 4 --eval_len 64 --eos_token_id 628
+    torchrun --nproc_per_node=N src/gpt2_beam.py ...     (each rank decodes a disjoint share)
+
+The model: ``--init_checkpoint`` is one of
+- our adapter (a checkpoint folder holding ``adapter.safetensors``, or the file itself): applied
+  with the r, alpha, scaling rule and targets stored in it. A ``--lora_alpha`` that contradicts
+  the stored alpha is an error unless ``--force`` (then a warning, and the flag wins); a
+  ``--lora_dim`` or ``--model_card`` that contradicts it is always an error (the tensors' shapes
+  fix them). The backbone is ``--pretrained_checkpoint``, else the ``init_checkpoint`` the
+  adapter names (the backbone it was trained on);
+- the seed's LoRA ``.pt`` (LoRA-only, or its final checkpoint with the backbone inside): the seed
+  stores no r or alpha, so ``--lora_dim`` and ``--lora_alpha`` must be given; the backbone is
+  ``--pretrained_checkpoint``;
+- a full model (a Hugging Face GPT-2 folder, a checkpoint folder holding ``model/``, or a weights
+  file): decoded as is, no LoRA.
+There is no silent random backbone (the seed decoded released checkpoints on random weights at
+BLEU 0, microsoft/LoRA issue 138): without a backbone the program stops, unless
+``--random_backbone`` (tests, benchmarks). LoRA is merged into the weights before decoding.
+
+Inputs (``--data``): a ``*_unique.jsonl`` (one line per unique input; output ids are its ids) or
+the seed's encoded jsonl (one line per (input, reference) pair; output ids are line numbers from 0,
+as the seed's; identical contexts are decoded once and written for each of their lines).
+
+Output: ``<work_dir>/<output_file>``, one line per input sorted by id:
+``{"id": int, "token_ids": [generated ids, ending with the stop token if one ended it], "text": str}``
+where text is the decoded ids cut at the first stop token and at the first "\\n\\n", stripped.
+Written atomically by rank 0, with the resolved configuration beside it (``<name>.config.yaml``).
+"""
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Literal, Optional, Tuple
+
+import torch
+
+from lora_nlg.adapter_io import lora_config_from_metadata, model_config_from_metadata
+from lora_nlg.atomic import atomic_write
+from lora_nlg.batching import read_encoded, read_unique
+from lora_nlg.beam import EOS_ID, BeamSettings, beam_search
+from lora_nlg.checkpoint import (ADAPTER_FILE, LORA_KEY, CheckpointError, apply_lora_weights, load_lora,
+                                 load_pretrained, lora_config_from_tensors, read_tensors)
+from lora_nlg.cli import parse_config, save_config
+from lora_nlg.distributed import barrier, cleanup, gather_objects, init_distributed
+from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora
+from lora_nlg.model import GPT2Config, GPT2LMModel
+
+FULL_MODEL_DIR = "model"  # a training checkpoint's merged model (trainer_state.FULL_MODEL)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass
+class BeamConfig:
+    """Beam-search decoding of GPT-2 (+ LoRA) on data-to-text inputs (the seed's gpt2_beam.py flags)."""
+
+    data: str = ""
+    """Inputs: a *_unique.jsonl (id, context_ids per line) or the seed's encoded jsonl."""
+    batch_size: int = 10
+    """Inputs decoded together (each takes --beam rows)."""
+    seq_len: int = 512
+    """As the seed: a prompt keeps its last seq_len - eval_len tokens."""
+    eval_len: int = 256
+    """Most generated tokens per input, the stop token included (the paper's runs use 64)."""
+    min_length: int = 0
+    """Stop tokens are banned until this many tokens are generated."""
+    model_card: Optional[str] = None
+    """gpt2.sm | gpt2.md | gpt2.lg: checked against the adapter and the backbone (default: the
+    adapter's card; gpt2.sm, the seed's default, for --random_backbone)."""
+    init_checkpoint: Optional[str] = None
+    """Our adapter (folder or .safetensors), the seed's LoRA .pt, or a full model."""
+    lora_dim: Optional[int] = None
+    """LoRA rank r: required for the seed's .pt (it stores none); must match an adapter's."""
+    lora_alpha: Optional[float] = None
+    """LoRA alpha: required for the seed's .pt; contradicting an adapter's is an error unless --force."""
+    work_dir: Optional[str] = None
+    """Folder of the output file (default: $PT_OUTPUT_DIR, else gpt2_model, as the seed)."""
+    beam: int = 1
+    """Beam size."""
+    length_penalty: float = 1.0
+    """Finished score = sum of log-probs / (generated tokens incl. the stop token) ** length_penalty."""
+    no_repeat_ngram_size: int = 4
+    """Ban a repeated n-gram of this size among generated tokens (0: off)."""
+    repetition_penalty: float = 1.0
+    """CTRL repetition penalty on generated tokens' logits (1.0: off)."""
+    eos_token_id: List[int] = dataclasses.field(default_factory=list)
+    """Extra stop token ids, added to 50256 as in the seed (628 is "\\n\\n"); repeatable."""
+    output_file: str = "beam_prediction.jsonl"
+    """Predictions file name, inside --work_dir."""
+    pretrained_checkpoint: Optional[str] = None
+    """The backbone (Hugging Face GPT-2 folder or weights file); default: the adapter's init_checkpoint."""
+    random_backbone: bool = False
+    """Decode on a randomly initialised backbone (tests and benchmarks only)."""
+    random_seed: int = 1
+    """Seed of --random_backbone's weights."""
+    force: bool = False
+    """Let --lora_alpha override the adapter's stored alpha (with a warning)."""
+    include_prompt_in_ngram: bool = False
+    """Count prompt tokens in the n-gram ban (transformers' rule; the seed's counts generated tokens only)."""
+    include_prompt_in_repetition_penalty: bool = False
+    """Penalise prompt tokens too (transformers' rule; the seed's: generated tokens only)."""
+    device: str = "auto"
+    """auto (the local rank's GPU if any, else CPU) | cpu | cuda."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Weights and activations (LoRA is merged in fp32 first); scores are always fp32."""
+    vocab: Optional[str] = None
+    """Folder with encoder.json and vocab.bpe (default: data/gpt2-vocab or the mirror)."""
+    platform: str = "local"
+    """Accepted for the seed's commands and ignored: torchrun's environment decides."""
+    local_rank: Optional[int] = None
+    """Accepted for torch.distributed.launch and ignored: LOCAL_RANK decides."""
+
+    def settings(self) -> BeamSettings:
+        stop = [EOS_ID] + [i for i in self.eos_token_id if i != EOS_ID]
+        return BeamSettings(beam=self.beam, eval_len=self.eval_len, length_penalty=self.length_penalty,
+                            no_repeat_ngram_size=self.no_repeat_ngram_size,
+                            repetition_penalty=self.repetition_penalty, min_length=self.min_length,
+                            stop_ids=tuple(dict.fromkeys(stop)), include_prompt_in_ngram=self.include_prompt_in_ngram,
+                            include_prompt_in_repetition_penalty=self.include_prompt_in_repetition_penalty,
+                            batch_size=self.batch_size)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------- inputs
+
+def _first_record(path: str) -> Tuple[int, dict]:
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(item, dict):
+                    raise ValueError(f"{path}:{line_no}: expected a JSON object")
+                return line_no, item
+    raise ValueError(f"{path}: no inputs")
+
+
+def read_inputs(path: str) -> List[Tuple[int, List[int]]]:
+    """(output id, prompt ids) per input: a *_unique.jsonl or the seed's encoded jsonl."""
+    line_no, item = _first_record(path)
+    if "context_ids" in item:
+        records = read_unique(path)
+        ids = [r["id"] for r in records]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"{path}: id {dup} appears more than once")
+        return [(r["id"], list(r["context_ids"])) for r in records]
+    if "context" in item and isinstance(item["context"], list):
+        return [(i, list(context)) for i, (context, _) in enumerate(read_encoded(path))]
+    raise ValueError(f"{path}:{line_no}: expected a *_unique.jsonl line (id, context_ids, ...) or the "
+                     f"seed's encoded line (context and completion as token ids); found keys {sorted(item)}")
+
+
+def text_of(tokenizer, token_ids: List[int], stop_ids) -> str:
+    """Decoded text cut at the first stop token and at the first blank line, stripped (the seed's)."""
+    cut = next((i for i, t in enumerate(token_ids) if t in stop_ids), len(token_ids))
+    text = tokenizer.decode(token_ids[:cut])
+    return text.split("<|endoftext|>")[0].split("\n\n")[0].strip()
+
+
+# -------------------------------------------------------------------------------------- model
+
+def _checkpoint_kind(path: str) -> Tuple[str, str]:
+    """('adapter' | 'seed_lora' | 'full', the path to load)."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"--init_checkpoint {path}: no such file or folder")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, ADAPTER_FILE)):
+            return "adapter", os.path.join(path, ADAPTER_FILE)
+        if os.path.isdir(os.path.join(path, FULL_MODEL_DIR)):
+            return "full", os.path.join(path, FULL_MODEL_DIR)
+        return "full", path
+    if path.endswith(".safetensors"):
+        tensors, metadata = load_lora(path)
+        if metadata is not None or all(LORA_KEY.fullmatch(k) for k in tensors):
+            return "adapter", path
+        return "full", path
+    if any(LORA_KEY.fullmatch(k[len("module."):] if k.startswith("module.") else k) for k in read_tensors(path)):
+        return "seed_lora", path
+    return "full", path
+
+
+def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]) -> LoRAConfig:
+    """The LoRA config to decode with: the stored one, checked against the flags."""
+    if metadata is None:
+        if cfg.lora_dim is None or cfg.lora_alpha is None:
+            raise CheckpointError(
+                f"{source}: stores no r or alpha (the seed's checkpoints never did), so the update's "
+                f"scale alpha / r is unknown: pass --lora_dim and --lora_alpha exactly as in training "
+                f"(the paper's recipes: --lora_dim 4 --lora_alpha 32; the seed's default alpha is 128)")
+        lora = lora_config_from_tensors(tensors, alpha=cfg.lora_alpha)
+        if lora.r != cfg.lora_dim:
+            raise CheckpointError(f"{source}: the LoRA tensors have rank r={lora.r}, --lora_dim says {cfg.lora_dim}")
+        return lora
+    stored = lora_config_from_metadata(metadata, source)
+    if cfg.lora_dim is not None and cfg.lora_dim != stored.r:
+        raise CheckpointError(f"{source}: stores r={stored.r} (the tensors' rank); --lora_dim {cfg.lora_dim} "
+                              f"contradicts it. Leave --lora_dim out to use the stored value.")
+    card = metadata.get("model_card")
+    if cfg.model_card is not None and card is not None and cfg.model_card != card:
+        raise CheckpointError(f"{source}: was trained on {card}; --model_card {cfg.model_card} contradicts it")
+    if cfg.lora_alpha is not None and float(cfg.lora_alpha) != float(stored.alpha):
+        if not cfg.force:
+            raise CheckpointError(
+                f"{source}: stores alpha={stored.alpha:g} (scaling {stored.scaling:g}); --lora_alpha "
+                f"{cfg.lora_alpha:g} contradicts it. Leave --lora_alpha out to use the stored value, "
+                f"or add --force to decode with {cfg.lora_alpha:g} anyway.")
+        forced = dataclasses.replace(stored, alpha=float(cfg.lora_alpha))
+        _say(f"warning: --force: decoding with alpha={forced.alpha:g} (scaling {forced.scaling:g}) instead of "
+             f"the stored alpha={stored.alpha:g} (scaling {stored.scaling:g}) of {source}")
+        return forced
+    return stored
+
+
+def _backbone(cfg: BeamConfig, metadata: Optional[dict], card: Optional[str], source: str) -> GPT2LMModel:
+    if cfg.random_backbone:
+        if cfg.pretrained_checkpoint:
+            raise ValueError("--random_backbone and --pretrained_checkpoint exclude each other")
+        if metadata is not None and ("model_config" in metadata or metadata.get("model_card")):
+            config = model_config_from_metadata(metadata, source)
+        else:
+            config = GPT2Config.from_card(card or "gpt2.sm")
+        torch.manual_seed(cfg.random_seed)
+        _say(f"warning: --random_backbone: randomly initialised weights (seed {cfg.random_seed}); "
+             f"the output means nothing beyond tests and timing")
+        return GPT2LMModel(config).eval()
+    path = cfg.pretrained_checkpoint
+    if path is None and metadata is not None:
+        path = metadata.get("init_checkpoint")
+        if path and not os.path.exists(path):
+            raise CheckpointError(f"{source}: its backbone {path} (init_checkpoint in its metadata) does not "
+                                  f"exist here; pass --pretrained_checkpoint with the same GPT-2 weights")
+    if not path:
+        raise CheckpointError(
+            f"{source}: no backbone: the checkpoint names none and --pretrained_checkpoint is not given. "
+            f"LoRA on a random GPT-2 decodes garbage (the seed did that silently); pass "
+            f"--pretrained_checkpoint (e.g. pretrained_checkpoints/gpt2-medium) or, for tests only, --random_backbone")
+    return load_pretrained(path, card)
+
+
+def load_decoding_model(cfg: BeamConfig, device, dtype=torch.float32) -> GPT2LMModel:
+    """Backbone + LoRA (merged), on ``device`` in ``dtype``, in eval mode."""
+    if cfg.init_checkpoint is None:
+        if cfg.lora_dim or cfg.lora_alpha is not None:
+            raise ValueError("--lora_dim / --lora_alpha without --init_checkpoint: there is no LoRA to load")
+        model = _backbone(cfg, None, cfg.model_card, "--pretrained_checkpoint")
+    else:
+        kind, path = _checkpoint_kind(cfg.init_checkpoint)
+        if kind == "full":
+            if cfg.lora_dim or cfg.lora_alpha is not None:
+                _say(f"warning: {path} is a full model without LoRA tensors: --lora_dim / --lora_alpha ignored")
+            if cfg.pretrained_checkpoint or cfg.random_backbone:
+                raise ValueError(f"{path} is a full model: --pretrained_checkpoint / --random_backbone do not apply")
+            model = load_pretrained(path, cfg.model_card)
+        else:
+            tensors, metadata = load_lora(path)
+            lora = resolve_lora(cfg, path, tensors, metadata)
+            card = cfg.model_card or (metadata or {}).get("model_card")
+            model = _backbone(cfg, metadata, card, path)
+            apply_lora(model, dataclasses.replace(lora, dropout=0.0))
+            apply_lora_weights(model, tensors)
+            merge_lora(model)  # decoding then costs what the plain model costs
+            _say(f"LoRA from {path}: r={lora.r}, alpha={lora.alpha:g}, {lora.scaling_rule} -> scaling "
+                 f"{lora.scaling:g}, targets {','.join(lora.targets)}; merged into the weights")
+    return model.to(device=device, dtype=dtype).eval()
+
+
+# ---------------------------------------------------------------------------------------- run
+
+def run(cfg: BeamConfig) -> Optional[str]:
+    """Decode ``cfg.data``; rank 0 writes the predictions and returns their path."""
+    if not cfg.data:
+        raise ValueError("--data is required")
+    settings = cfg.settings()
+    info = init_distributed(cfg.device)
+    try:
+        inputs = read_inputs(cfg.data)
+        # Identical prompts are decoded once (the seed's encoded file repeats each input per reference).
+        keep = cfg.seq_len - cfg.eval_len
+        if keep < 1:
+            raise ValueError(f"--seq_len {cfg.seq_len} leaves no room for a prompt with --eval_len {cfg.eval_len}")
+        prompts: Dict[tuple, List[int]] = {}
+        cut = 0
+        for out_id, ids in inputs:
+            cut += len(ids) > keep
+            prompts.setdefault(tuple(ids[-keep:]), []).append(out_id)
+        unique = list(prompts)
+        if info.is_main:
+            if cut:
+                _say(f"warning: {cut} prompt(s) longer than seq_len - eval_len = {keep} tokens keep their last {keep}")
+            _say(f"{len(inputs)} inputs, {len(unique)} distinct prompts; rank share: {info.world_size} rank(s)")
+        model = load_decoding_model(cfg, info.device, PRECISIONS[cfg.precision])
+        order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
+        mine = order[info.rank::info.world_size]  # similar lengths on every rank
+        start = time.time()
+
+        def progress(done, total):
+            if info.is_main:
+                _say(f"rank 0: {done}/{total} prompts, {time.time() - start:.1f}s")
+
+        hyps = beam_search(model, [list(unique[i]) for i in mine], settings, progress=progress)
+        shares = gather_objects([(i, h.token_ids) for i, h in zip(mine, hyps)])
+        path = None
+        if info.is_main:
+            path = _write(cfg, unique, prompts, shares, settings.stop_ids)
+            _say(f"wrote {path} ({len(inputs)} lines) in {time.time() - start:.1f}s of decoding")
+        barrier()
+        return path
+    finally:
+        cleanup()
+
+
+def _write(cfg: BeamConfig, unique, prompts, shares, stop_ids) -> str:
+    from lora_nlg.tokenizer import GPT2Tokenizer
+
+    decoded: Dict[int, List[int]] = {}
+    for share in shares:
+        for i, token_ids in share:
+            if i in decoded:
+                raise RuntimeError(f"prompt {i} was decoded by two ranks")
+            decoded[i] = token_ids
+    if len(decoded) != len(unique):
+        raise RuntimeError(f"{len(unique) - len(decoded)} prompts were not decoded by any rank")
+    tokenizer = GPT2Tokenizer.from_dir(cfg.vocab)
+    stop = set(stop_ids)
+    lines = []
+    for i, prompt in enumerate(unique):
+        text = text_of(tokenizer, decoded[i], stop)
+        for out_id in prompts[prompt]:
+            lines.append((out_id, {"id": out_id, "token_ids": decoded[i], "text": text}))
+    lines.sort(key=lambda x: x[0])
+    work_dir = cfg.work_dir or os.getenv("PT_OUTPUT_DIR", "gpt2_model")
+    path = os.path.join(work_dir, cfg.output_file)
+    with atomic_write(path) as f:
+        for _, record in lines:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    save_config(cfg, os.path.splitext(path)[0] + ".config.yaml")
+    return path
+
+
+def merge_repeated_flags(argv: List[str], flag: str = "--eos_token_id") -> List[str]:
+    """The seed's ``--eos_token_id`` is argparse ``append``: ``--eos_token_id 628 --eos_token_id 198``
+    means both; turn repeats into one ``--eos_token_id 628 198``."""
+    values, rest, i = [], [], 0
+    seen = False
+    while i < len(argv):
+        a = argv[i]
+        if a == flag:
+            seen = True
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+            continue
+        if a.startswith(flag + "="):
+            seen = True
+            values.append(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+        i += 1
+    return rest + ([flag] + values if seen else [])
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(BeamConfig, merge_repeated_flags(argv), prog="gpt2_beam.py")
+    try:
+        run(cfg)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        _say(f"error: {e}")
+        return 2
+    return 0

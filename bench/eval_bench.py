@@ -122,6 +122,7 @@ def _timed(cmd):
 
 
 def _load_average():
+    """1-minute load average (other processes share the CPU: read the ratios with it)."""
     return round(os.getloadavg()[0], 2)
 
 
@@ -161,10 +162,12 @@ def main(argv=None):
             load = _load_average()
             ref_wall, ref_cpu, ref_out = _timed(ref_cmd)
             our_wall, our_cpu, _ = _timed(ours_cmd)
+            load_after = _load_average()
             ours = json.load(open(os.path.join(tmp, report)))["scores"]
             reference = json.loads(ref_out.strip().splitlines()[-1])
             results["runs"][name] = {
                 "load_average_before": load,
+                "load_average_after": load_after,
                 "reference": {"wall_s": round(ref_wall, 2), "cpu_s": round(ref_cpu, 2), "scores": reference["all"]},
                 "ours": {"wall_s": round(our_wall, 2), "cpu_s": round(our_cpu, 2), "scores": ours},
                 "speedup_wall": round(ref_wall / our_wall, 2),

@@ -115,26 +115,49 @@ def test_bleu_edge_cases():
 
 # --- NIST ---------------------------------------------------------------------------------
 
+def _pymteval_tokenize(sent):
+    """e2e-metrics metrics/pymteval.py NGramScore.tokenize, line by line."""
+    sent = re.sub(r'<skipped>', r'', sent)
+    sent = re.sub(r'-\n', r'', sent)
+    sent = re.sub(r'\n', r' ', sent)
+    sent = re.sub(r'&quot;', r'"', sent)
+    sent = re.sub(r'&amp;', r'&', sent)
+    sent = re.sub(r'&lt;', r'<', sent)
+    sent = re.sub(r'&gt;', r'>', sent)
+    sent = " " + sent + " "
+    sent = re.sub(r'([\{-\~\[-\` -\&\(-\+\:-\@\/])', r' \1 ', sent)
+    sent = re.sub(r'([^0-9])([\.,])', r'\1 \2 ', sent)
+    sent = re.sub(r'([\.,])([^0-9])', r' \1 \2', sent)
+    sent = re.sub(r'([0-9])(-)', r'\1 \2 ', sent)
+    sent = re.sub(r'\s+', r' ', sent)
+    return sent.strip().split(' ')
+
+
+def _pymteval_counts(n, sents):
+    """NGramScore.get_ngram_counts (case-insensitive): max count of each n-gram in any sentence."""
+    merged = {}
+    for sent in sents:
+        counts = collections.Counter(zip(*[[t.lower() for t in sent[i:]] for i in range(n)]))
+        for g, k in counts.items():
+            merged[g] = max(merged.get(g, 0), k)
+    return merged
+
+
 def _pymteval_nist(hyps, refs):
     """Straightforward port of e2e-metrics metrics/pymteval.py NISTScore (the scorer's -p)."""
-    tok = bleu.TOKENIZERS["13a"]
     ref_ngrams = [collections.defaultdict(int) for _ in range(6)]
     hit_ngrams, cand_lens, avg_ref_len = [[] for _ in range(5)], [[] for _ in range(5)], 0.0
     for hyp, rs in zip(hyps, refs):
-        h = [w.lower() for w in tok(hyp)]
-        rr = [[w.lower() for w in tok(r)] for r in rs]
+        h = _pymteval_tokenize(hyp)
+        rr = [_pymteval_tokenize(r) for r in rs]
         for n in range(5):
-            cand_lens[n].append(len(h) - n)
-            merged = {}
-            for r in rr:
-                c = collections.Counter(tuple(r[i:i + n + 1]) for i in range(len(r) - n))
-                for g, k in c.items():
-                    merged[g] = max(merged.get(g, 0), k)
-            pred = collections.Counter(tuple(h[i:i + n + 1]) for i in range(len(h) - n))
+            cand_lens[n].append(len(h) - n)  # sic: negative for outputs shorter than n
+            merged = _pymteval_counts(n + 1, rr)
+            pred = _pymteval_counts(n + 1, [h])
             hit_ngrams[n].append({g: min(k, merged.get(g, 0)) for g, k in pred.items() if merged.get(g, 0)})
             for r in rr:
-                for i in range(len(r) - n):
-                    ref_ngrams[n + 1][tuple(r[i:i + n + 1])] += 1
+                for g in zip(*[[t.lower() for t in r[i:]] for i in range(n + 1)]):
+                    ref_ngrams[n + 1][g] += 1
         total = sum(len(r) for r in rr)
         ref_ngrams[0][()] += total
         avg_ref_len += total / float(len(rr))
@@ -149,12 +172,63 @@ def _pymteval_nist(hyps, refs):
     return score * (1 if ratio >= 1 else math.exp(-beta * math.log(ratio) ** 2))
 
 
-@pytest.mark.parametrize("system", ["adapt"])
-def test_nist_python_variant_equals_pymteval(system):
-    preds, keyed = references.read_predictions(os.path.join(E2E_OUT, f"{system}.tsv"))
-    pairs = references.pair(preds, keyed, references.read_references(E2E_REFS))
-    hyps, refs = [t for _, t in pairs], [r.references for r, _ in pairs]
+def _pymteval_bleu(hyps, refs):
+    """Straightforward port of e2e-metrics metrics/pymteval.py BLEUScore (the scorer's -p)."""
+    ref_len, cand_lens, hits = 0, [0] * 4, [0] * 4
+    for hyp, rs in zip(hyps, refs):
+        h = _pymteval_tokenize(hyp)
+        rr = [_pymteval_tokenize(r) for r in rs]
+        for i in range(4):
+            merged = _pymteval_counts(i + 1, rr)
+            hits[i] += sum(min(merged.get(g, 0), k) for g, k in _pymteval_counts(i + 1, [h]).items())
+            cand_lens[i] += len(h) - i
+        ref_len += len(min(rr, key=lambda r: (abs(len(r) - len(h)), len(r))))
+    bp = 1.0
+    if cand_lens[0] <= ref_len:
+        bp = math.exp(1.0 - ref_len / (float(cand_lens[0]) if cand_lens[0] else 1e-5))
+    log_sum = sum(math.log(max(k, 1e-15) / max(n, 1e-9)) for k, n in zip(hits, cand_lens))
+    return bp * math.exp(log_sum / 4)
+
+
+# An empty output, outputs of 1 to 3 tokens (fewer n-grams than n), a single reference, an
+# empty reference, `£`, `é` and `É` (Python lowercases it, Perl does not), `&amp;`.
+PYMTEVAL_EDGE = (
+    ["", "Café", "the Café Rouge", "Ébène is near £20 &amp; up.", "It is a pub in the city centre."],
+    [["Café Rouge is cheap.", "A café."], ["café"], ["The café Rouge is here.", ""],
+     ["ébène is near £20 & up ."], ["It is a pub.", "It is a pub in the city centre near the river."]])
+
+
+@pytest.mark.parametrize("case", ["adapt", "edge"])
+def test_pymteval_variants_equal_pymteval(case):
+    """`-p`: NIST and BLEU equal the scorer's Python implementation (ported above)."""
+    if case == "adapt":
+        preds, keyed = references.read_predictions(os.path.join(E2E_OUT, "adapt.tsv"))
+        pairs = references.pair(preds, keyed, references.read_references(E2E_REFS))
+        hyps, refs = [t for _, t in pairs], [r.references for r, _ in pairs]
+        hyps[7], hyps[8] = "", "Blue Spice"  # an empty output and one of two tokens
+    else:
+        hyps, refs = PYMTEVAL_EDGE
     assert nist.nist(hyps, refs, "python") == pytest.approx(_pymteval_nist(hyps, refs), rel=1e-12)
+    assert bleu.bleu(hyps, refs, "pymteval") == pytest.approx(_pymteval_bleu(hyps, refs), rel=1e-12)
+
+
+def test_pymteval_tokenizer_is_13a_but_for_empty_text(geneval):
+    texts = _sample_texts(geneval)[::7] + [t for rs in PYMTEVAL_EDGE[1] for t in rs]
+    for text in texts:
+        assert bleu.pymteval_tokenize(text) == _pymteval_tokenize(text), text
+        assert bleu.pymteval_tokenize(text) == (bleu.TOKENIZERS["13a"](text) or [""]), text
+
+
+def test_mteval_and_pymteval_differ_only_on_short_outputs(tgen):
+    """Without outputs shorter than 4 tokens, -p BLEU is the Perl BLEU (and NIST differs only by
+    its length penalty: equal when outputs are longer than L); the edge cases above tell them apart."""
+    hyps, refs = tgen
+    assert bleu.bleu(hyps, refs, "pymteval") == bleu.bleu(hyps, refs, "mteval")
+    long_hyps = [h + " and so on and so on" for h in hyps]  # no length penalty in either variant
+    assert nist.nist(long_hyps, refs, "python") == pytest.approx(nist.nist(long_hyps, refs, "official"), rel=1e-12)
+    hyps, refs = PYMTEVAL_EDGE
+    assert bleu.bleu(hyps, refs, "pymteval") > bleu.bleu(hyps, refs, "mteval") + 0.3
+    assert nist.nist(hyps, refs, "python") > nist.nist(hyps, refs, "official") + 1
 
 
 def test_nist_edge_cases():
@@ -362,6 +436,60 @@ def test_tsv_outputs_pair_by_mr(tmp_path):
         references.pair(preds, keyed, refs)
 
 
+def _reference_folder(tmp_path, files):
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for name, text in files.items():
+        _write(folder / name, text)
+    return str(folder)
+
+
+@pytest.mark.parametrize("files,message", [
+    ({"reference0": "a\nb\n", "reference1": "c\nd\ne\n"}, r"reference1: 3 lines, .*reference0 has 2"),
+    ({"reference0": "a\n", "reference2": "b\n"}, r"numbered 0\.\.1, found \[0, 2\]"),
+    ({"reference0": "a\n\nc\n", "reference1": "a2\n  \nc2\n"}, r"input on line 2 has no reference in any file"),
+    ({"notes.txt": "a\n"}, r"expected one set of files .*found none"),
+    ({"x-reference0.lex": "a\n", "y-reference0.lex": "a\n"}, r"found \['x-reference\*\.lex', 'y-reference\*\.lex'\]"),
+])
+def test_bad_reference_folders(tmp_path, files, message):
+    with pytest.raises(references.FormatError, match=message):
+        references.read_references(_reference_folder(tmp_path, files))
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("refs.csv", "mr,text\nx,y\n", r"refs\.csv, line 1: expected one ref column in the header, got \['mr', 'text'\]"),
+    ("refs.csv", "mr,ref\nx,y\nz\n", r"refs\.csv, line 3: 1 fields, the header has 2"),
+    ("test_unique.jsonl", '{"id": 0, "refs": ["a"]}\n', r"line 1: field 'references' is missing"),
+    ("test_unique.jsonl", '{"id": 0, "references": ["a", 3]}\n', r"line 1: field 'references' must be a non-empty list of strings"),
+    ("test_unique.jsonl", '{"id": 0, "references": ["a"], "seen": "yes"}\n', r"line 1: field 'seen' must be true or false"),
+    ("test_unique.jsonl", '{"id": 0, "references": ["a"]}\n{"id": 0, "references": ["b"]}\n', r"line 2: id 0 already on line 1"),
+    ("refs.txt", "\n\n", r"refs\.txt: no references"),
+])
+def test_bad_reference_files(tmp_path, name, content, message):
+    with pytest.raises(references.FormatError, match=message):
+        references.read_references(_write(tmp_path / name, content))
+
+
+def test_bad_prediction_inputs_name_the_problem(tmp_path):
+    refs = references.read_references(E2E_REFS)
+    dup = _write(tmp_path / "dup.tsv", "mr\toutput\n\"%s\"\ta\n\"%s\"\tb\n" % (refs[0].mr, refs[0].mr))
+    with pytest.raises(references.FormatError, match=r"dup\.tsv: MRs given more than once: 'name\[Blue Spice\]"):
+        references.pair(*references.read_predictions(dup), refs, dup, "testset_w_refs.csv")
+    rows = "".join('"%s"\tx\n' % r.mr for r in refs)
+    extra = _write(tmp_path / "extra.tsv", "mr\toutput\n" + rows + '"name[Nowhere]"\tx\n')
+    with pytest.raises(references.FormatError, match=r"1 output mr\(s\) not in testset_w_refs\.csv: 'name\[Nowhere\]'"):
+        references.pair(*references.read_predictions(extra), refs, extra, "testset_w_refs.csv")
+    blocks = references.read_references(_write(tmp_path / "refs.txt", "a\n\nb\n"))
+    with pytest.raises(references.FormatError, match=r"extra\.tsv: outputs keyed by MR need references keyed by MR .*, not refs\.txt"):
+        references.pair(*references.read_predictions(extra), blocks, extra, "refs.txt")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(references.FormatError, match=r"latin1\.txt: not UTF-8"):
+        references.read_predictions(str(latin1))
+    with pytest.raises(references.FormatError, match=r"line 1: expected a JSON object"):
+        references.read_predictions(_write(tmp_path / "list.jsonl", "[1, 2]\n"))
+
+
 # --- protocols ----------------------------------------------------------------------------
 
 def test_paper_protocol_groups_by_context_and_keeps_six(tmp_path):
@@ -413,6 +541,16 @@ def test_without_java_reports_only_what_needs_no_java(tmp_path, monkeypatch, cap
         assert set(report["scores"]["all"]) == {"BLEU", "NIST"}
         assert set(report["not_computed"]) == {"METEOR", "ROUGE_L", "CIDEr"}
         assert report["tools"]["java"] is None
+        assert report["scores"]["all"]["BLEU"] == bleu.bleu(["The café costs £20.", ""], [
+            ["The Café costs £20.", "It is nice."], ["A single reference."]], "mteval")
+        assert evaluate.main(["e2e", preds, refs, "--protocol", "paper", "--json", out]) == 0
+        report = json.load(open(out))  # the scorer's -p: pymteval BLEU and NIST
+        hyps, refs_ = ["The café costs £20.", ""], [["The Café costs £20.", "It is nice."], ["A single reference."]]
+        assert report["scores"]["all"]["BLEU"] == pytest.approx(_pymteval_bleu(hyps, refs_), rel=1e-12)
+        with pytest.raises(ZeroDivisionError):  # 4-gram total (5 - 3) + (1 - 3) = 0: pymteval fails, we divide by 1
+            _pymteval_nist(hyps, refs_)
+        assert math.isfinite(report["scores"]["all"]["NIST"])
+        assert "pymteval" in report["metric_definitions"]["BLEU"] and "-p" in report["metric_definitions"]["NIST"]
         assert evaluate.main(["dart", preds, refs, "--json", out]) == 0
         report = json.load(open(out))
         assert set(report["scores"]["all"]) == {"BLEU", "TER"} and "METEOR" in report["not_computed"]

@@ -234,3 +234,47 @@ def test_dart_cli_official_protocol_on_reference_folder(tmp_path, punkt_model):
     for i in range(0, n, 100):
         assert ter.segment_ter(tok_h[i], tok_r[i]) == _pyter_segment(tok_h[i], tok_r[i])
     assert 0 < report["scores"]["all"]["METEOR"] < 1
+
+
+def test_e2e_edge_cases_equal_pycocoevalcap(tmp_path, monkeypatch):
+    """An empty hypothesis, single references, `£` and `é`, files ending with a newline: through
+    the command line (plain-text outputs, blank-line separated references), against the official
+    scorer's own calls (pycocoevalcap PTBTokenizer, Meteor with the full table, Rouge, Cider) and
+    sacrebleu's BLEU; NIST -p against the pymteval port."""
+    import sacrebleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from test_metrics import _pymteval_nist
+    preds, keyed = references.read_predictions(os.path.join(E2E_OUT, "adapt.tsv"))
+    pairs = references.pair(preds, keyed, references.read_references(E2E_REFS))[::15]
+    hyps, refs = [text for _, text in pairs], [list(ref.references) for ref, _ in pairs]
+    hyps[0] = ""                                   # an empty hypothesis
+    refs[1] = refs[1][:1]                          # a single reference (and some MRs have only one)
+    hyps[2] = "Café Rouge – a café with prices of more than £30, très cher."
+    refs[2] = refs[2] + ["Café Rouge is a café; prices are more than £30."]
+    assert any("£" in r for rs in refs for r in rs) and any("é" in h for h in hyps)
+    pred_file = tmp_path / "pred.txt"
+    pred_file.write_text("\n".join(hyps) + "\n", encoding="utf-8")
+    ref_file = tmp_path / "refs.txt"
+    ref_file.write_text("\n\n".join("\n".join(rs) for rs in refs) + "\n", encoding="utf-8")
+    out = tmp_path / "r.json"
+    assert evaluate.main(["e2e", str(pred_file), str(ref_file), "--json", str(out)]) == 0
+    got = json.loads(out.read_text())["scores"]["all"]
+
+    # The reference side: pycocoevalcap as the E2E scorer calls it (its JVMs take the default
+    # charset: make it UTF-8 whatever the locale, as in the scorer's usual environment).
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Dfile.encoding=UTF-8 -Dsun.stdout.encoding=UTF-8")
+    gts = PTBTokenizer().tokenize({i: [{"caption": r} for r in rs] for i, rs in enumerate(refs)})
+    res = PTBTokenizer().tokenize({i: [{"caption": h}] for i, h in enumerate(hyps)})
+    assert res[0] == [""] and "#" in res[2][0] and "café" in res[2][0]
+    assert got["METEOR"] == pytest.approx(Meteor().compute_score(gts, res)[0], abs=1e-12)
+    assert got["ROUGE_L"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-12)
+    assert got["CIDEr"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-12)
+    width = max(map(len, refs))
+    expected = sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a").corpus_score(
+        hyps, [[rs[k] if k < len(rs) else None for rs in refs] for k in range(width)]).score / 100
+    assert got["BLEU"] == pytest.approx(expected, abs=1e-12)
+    assert nist.nist(hyps, refs, "python") == pytest.approx(_pymteval_nist(hyps, refs), rel=1e-12)

@@ -1,7 +1,7 @@
 """Score system outputs for E2E, WebNLG 2017 or DART as the official scorers do (`eval/eval.sh`).
 
     python -m lora_nlg.metrics.evaluate e2e|webnlg|dart PREDICTIONS [REFERENCES]
-        [--protocol official|paper] [--json OUT] [--nist official|python] [-p]
+        [--protocol official|paper] [--json OUT] [--mteval official|python] [-p]
 
 E2E: BLEU, NIST, METEOR, ROUGE_L, CIDEr as the official E2E scorer (tuetschek/e2e-metrics).
 WebNLG (all / seen / unseen) and DART: BLEU, METEOR, TER as GenerationEval. Formats of
@@ -35,8 +35,16 @@ DATASETS = {
     "dart": dict(folder="dart", metrics=("BLEU", "METEOR", "TER")),
 }
 
+# E2E BLEU and NIST: the scorer's default (Perl mteval-v13a-sig) or its -p (pymteval).
+E2E_MTEVAL = {
+    "official": dict(
+        bleu="mteval", nist="official", description="BLEU and NIST by the Perl mteval-v13a-sig",
+        BLEU="mteval-v13a (official E2E scorer): 13a tokens, ASCII lowercase, closest reference length, 0..1"),
+    "python": dict(
+        bleu="pymteval", nist="python", description="BLEU and NIST by pymteval (the scorer's -p)",
+        BLEU="BLEU -p (pymteval, the E2E scorer's -p, as in microsoft/LoRA's README): 0..1"),
+}
 E2E_DEFINITIONS = {
-    "BLEU": "mteval-v13a (official E2E scorer): 13a tokens, ASCII lowercase, closest reference length, 0..1",
     "METEOR": "METEOR 1.5 -l en -norm on PTB tokens, corpus score from pooled statistics",
     "ROUGE_L": "pycocoevalcap ROUGE-L on PTB tokens (beta 1.2, mean over segments)",
     "CIDEr": "pycocoevalcap CIDEr-D on PTB tokens, document frequencies from this set",
@@ -47,8 +55,8 @@ GENERATION_DEFINITIONS = {
     "TER": "pyter3 (GenerationEval): min over references of TER on word_tokenize text, mean over segments",
 }
 PROTOCOL_DESCRIPTIONS = {
-    ("e2e", "official"): "official E2E scorer: every MR once, all its references; NIST with the Perl length penalty",
-    ("e2e", "paper"): "microsoft/LoRA (gpt2_decode + measure_scores.py -p): grouped by context; NIST -p",
+    ("e2e", "official"): "official E2E scorer: every MR once, all its references",
+    ("e2e", "paper"): "microsoft/LoRA (gpt2_decode + measure_scores.py -p): grouped by context",
     ("webnlg", "official"): "every input once with all its references, text as given (GenerationEval metrics)",
     ("webnlg", "paper"): "microsoft/LoRA + GenerationEval: grouped by context, <= 6 references, lowercased + \\W-tokenized",
     ("dart", "official"): "every input once with all its references, text as given (GenerationEval metrics)",
@@ -64,7 +72,7 @@ class EvalConfig:
     references: str = None            # default: <data_dir>/<dataset folder>/test_unique.jsonl
     protocol: str = "official"        # official | paper (see protocol.py)
     json: str = None                  # write the full report here
-    nist: str = None                  # E2E NIST variant: official | python (-p); default by protocol
+    mteval: str = None                # E2E BLEU and NIST: official (Perl) | python (-p); default by protocol
     meteor_table: str = "filtered"    # paraphrase table for METEOR: filtered (same scores) | full
     data_dir: str = "data"
     cache_dir: str = None             # default $LORA_NLG_CACHE or ~/.cache/lora-nlg
@@ -87,17 +95,18 @@ def _load_index(meteor_table, cache_dir):
     return ParaphraseIndex(paraphrase_table_path(), cache_dir)
 
 
-def score_e2e(hyps, refs, nist_variant="official", meteor_table="filtered", cache_dir=None):
+def score_e2e(hyps, refs, mteval="official", meteor_table="filtered", cache_dir=None):
     """All five E2E metrics; returns (scores, not_computed) where not_computed names the metrics
-    that need Java when it is missing (never approximated).
+    that need Java when it is missing (never approximated). `mteval`: E2E_MTEVAL key.
 
     Order, for two cores: the PTB JVM starts; meanwhile the paraphrase index loads; METEOR's JVM
     starts on the PTB tokens; BLEU, NIST, ROUGE_L and CIDEr are computed while it scores."""
     scores, not_computed = {}, {}
     no_java = _java_missing_reason()
+    variants = E2E_MTEVAL[mteval]
     if no_java:
-        scores["BLEU"] = bleu(hyps, refs, "mteval")
-        scores["NIST"] = nist(hyps, refs, nist_variant)
+        scores["BLEU"] = bleu(hyps, refs, variants["bleu"])
+        scores["NIST"] = nist(hyps, refs, variants["nist"])
         for m in ("METEOR", "ROUGE_L", "CIDEr"):
             not_computed[m] = "needs the Java PTB tokenizer / METEOR jar. " + no_java
         return scores, not_computed
@@ -109,8 +118,8 @@ def score_e2e(hyps, refs, nist_variant="official", meteor_table="filtered", cach
     tok_refs = [[next(rest) for _ in rs] for rs in refs]
     job = MeteorJob(tok_hyps, tok_refs, None, meteor_table, cache_dir, index=index)
     try:
-        scores["BLEU"] = bleu(hyps, refs, "mteval")
-        scores["NIST"] = nist(hyps, refs, nist_variant)
+        scores["BLEU"] = bleu(hyps, refs, variants["bleu"])
+        scores["NIST"] = nist(hyps, refs, variants["nist"])
         scores["ROUGE_L"] = rouge_l(tok_hyps, tok_refs)
         scores["CIDEr"] = cider_d(tok_hyps, tok_refs)
     finally:
@@ -189,19 +198,22 @@ def evaluate(config):
     if not os.path.exists(references):
         raise FormatError(f"{references}: no such file or folder (give REFERENCES, or create the "
                           f"prepared test file with scripts/create_datasets.sh)")
-    nist_variant = config.nist or ("python" if config.protocol == "paper" else "official")
-    if nist_variant not in NIST_VARIANTS:
-        raise FormatError(f"--nist must be one of {', '.join(NIST_VARIANTS)}, not {nist_variant!r}")
+    mteval = config.mteval or ("python" if config.protocol == "paper" else "official")
+    if mteval not in E2E_MTEVAL:
+        raise FormatError(f"--mteval must be one of {', '.join(E2E_MTEVAL)}, not {mteval!r}")
     start = time.perf_counter()
     predictions, keyed_by = read_predictions(config.predictions)
     pairs = pair(predictions, keyed_by, read_references(references), config.predictions, references)
     prepared = protocol.prepare(pairs, config.dataset, config.protocol)
 
+    description = PROTOCOL_DESCRIPTIONS[(config.dataset, config.protocol)]
     if config.dataset == "e2e":
-        scores, not_computed = score_e2e(prepared.hyps, prepared.refs, nist_variant,
+        description += "; " + E2E_MTEVAL[mteval]["description"]
+        scores, not_computed = score_e2e(prepared.hyps, prepared.refs, mteval,
                                          config.meteor_table, config.cache_dir)
         scores = {"all": scores}
-        definitions = dict(E2E_DEFINITIONS, NIST=NIST_VARIANTS[nist_variant]["label"])
+        definitions = dict(E2E_DEFINITIONS, BLEU=E2E_MTEVAL[mteval]["BLEU"],
+                           NIST=NIST_VARIANTS[E2E_MTEVAL[mteval]["nist"]]["label"])
         definitions = {m: definitions[m] for m in spec["metrics"]}
     else:
         _ensure_punkt([*prepared.hyps, *(r for rs in prepared.refs for r in rs)], config)
@@ -211,7 +223,7 @@ def evaluate(config):
     return {
         "dataset": config.dataset,
         "protocol": config.protocol,
-        "protocol_description": PROTOCOL_DESCRIPTIONS[(config.dataset, config.protocol)],
+        "protocol_description": description,
         "predictions": config.predictions,
         "references": references,
         "metrics": list(spec["metrics"]),
@@ -237,14 +249,16 @@ def _parser():
                    help="official: every input once, all references; paper: microsoft/LoRA's "
                    "pipeline (grouped by context, <= 6 references, lowercased, tokenized)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
-    p.add_argument("--nist", choices=sorted(NIST_VARIANTS), default=None,
-                   help="E2E NIST length penalty: official (Perl mteval, default for --protocol "
-                   "official) or python (the scorer's -p, default for --protocol paper)")
-    p.add_argument("-p", dest="nist", action="store_const", const="python", help="same as --nist python")
+    p.add_argument("--mteval", choices=sorted(E2E_MTEVAL), default=None,
+                   help="E2E BLEU and NIST: official (the scorer's Perl mteval-v13a-sig, default for "
+                   "--protocol official) or python (the scorer's -p, pymteval: another NIST length "
+                   "penalty, short outputs counted differently; default for --protocol paper)")
+    p.add_argument("-p", dest="mteval", action="store_const", const="python", help="same as --mteval python")
     p.add_argument("--meteor-table", default="filtered", choices=("filtered", "full"),
                    help="METEOR paraphrase table: cut to the texts scored (same scores, ~10 s "
                    "faster; default) or the full shipped table")
-    p.add_argument("--data-dir", default="data", help="where the prepared datasets are (default: data)")
+    p.add_argument("--data-dir", default="data", help="where the prepared datasets are (default: the "
+                   "repository's data/ with eval/eval.sh, ./data otherwise)")
     p.add_argument("--cache-dir", default=None, help="cache for the METEOR table index and the "
                    "Punkt model (default: $LORA_NLG_CACHE or ~/.cache/lora-nlg)")
     p.add_argument("--no-install-punkt", dest="install_punkt", action="store_false",

@@ -142,7 +142,7 @@ def segment_ter(hyp, refs):
     """GenerationEval's TER of one segment: min over references of ter(hyp.split(), ref.split());
     an empty reference scores 1."""
     hyp_words = hyp.split()
-    return min(_ter_or_one(hyp_words, r) for r in refs)
+    return min(_ter_or_one(hyp_words, r) for r in dict.fromkeys(refs))  # a repeated reference once
 
 
 def corpus_ter(hyps, refs):

@@ -10,8 +10,8 @@ import torch
 
 from lora_nlg.beam import BeamSettings, beam_search
 from lora_nlg.checkpoint import apply_lora_weights, load_pretrained, lora_state_dict, save_lora
-from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora
-from lora_nlg.predict import BeamConfig, main, merge_repeated_flags, text_of
+from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, merge_lora
+from lora_nlg.predict import BeamConfig, load_decoding_model, main, merge_repeated_flags, text_of
 from lora_nlg.tokenizer import GPT2Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +109,21 @@ def test_alpha_flag_contradicting_the_adapter_is_an_error_unless_forced(files, t
     assert _run(files, tmp_path, "--init_checkpoint", str(files["adapter"]), "--lora_alpha", "8")[0] == 0
     assert _run(files, tmp_path, "--init_checkpoint", str(files["adapter"]), "--lora_dim", "4")[0] == 2
     assert "r=2" in capsys.readouterr().err
+
+
+def test_lora_is_merged_into_the_weights_before_decoding(files):
+    """Decoding costs what the plain model costs: every LoRA layer is merged (the output alone
+    cannot tell, merged and unmerged models decode the same), and the merged weight is W + scaling B A."""
+    cfg = BeamConfig(data="x", init_checkpoint=str(files["adapter"]))
+    model = load_decoding_model(cfg, torch.device("cpu"))
+    layers = lora_modules(model)
+    assert layers and all(m.merged for _, m in layers)
+    plain = load_pretrained(files["backbone"])
+    name, layer = layers[0]
+    base = dict(plain.named_modules())[name].weight
+    delta = layer.delta_weight()
+    assert delta.abs().max() > 1e-3
+    assert torch.allclose(layer.base_layer.weight, base + delta, atol=1e-6)
 
 
 def test_seed_pt_needs_r_and_alpha(files, tmp_path, capsys):

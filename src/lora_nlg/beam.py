@@ -21,14 +21,22 @@ comparable:
 What is new is only faster, never different in result:
 
 - inputs of different prompt lengths share a batch (left padding, attention mask, positions
-  counted over real tokens), each prompt runs once (not once per beam) and its cache is copied to
-  the beams;
+  counted over real tokens), and each prompt runs once, not once per beam;
+- the KV cache has one row per input, not per hypothesis: the prompt's keys and values once,
+  then for each generated position the K keys and values of the K beam slots. The K hypotheses
+  of an input run as K query positions of its row, and an attention mask lets hypothesis i see
+  the prompt and, at each generated position, the slot its ancestor held then. A beam reorder
+  therefore moves a small table of slots (``slot_of``), never keys and values, and the prompt is
+  stored and read once per input. The price, K dot products per generated key where one would
+  do, is less than the copies a reorder costs (GPT-2 S on a CPU, ``bench/beam_bench.py``: from
+  1.5x to 1.9x transformers' speed, against a per-hypothesis cache reordered each step);
 - an input stops as soon as no running hypothesis can still beat its best finished one, and then
-  leaves the batch (its cache rows are dropped). The test is exact, not a heuristic: log-probs are
+  leaves the batch (its cache row is dropped). The test is exact, not a heuristic: log-probs are
   <= 0, so a running sum ``s`` can only fall, and the best score any descendant can reach is
   ``s / eval_len ** lp`` for ``lp > 0`` (longest) or ``s / (t + 1) ** lp`` for ``lp <= 0``
   (shortest possible finish). Results equal running all ``eval_len`` steps (``early_stop=False``);
-- the n-gram ban and the repetition penalty are tensor operations over all rows at once.
+- the n-gram ban and the repetition penalty are tensor operations over all rows at once;
+- each step ranks each beam's ``beam`` best tokens rather than all ``beam x vocab`` continuations.
 """
 import dataclasses
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -92,8 +100,9 @@ class Hypothesis:
 # ----------------------------------------------------------------------------------------------
 # Logit processors: every row at once, no Python loop over hypotheses.
 
-def banned_ngram_mask(seq: torch.Tensor, valid: torch.Tensor, n: int, vocab_size: int) -> Optional[torch.Tensor]:
-    """(R, V) bool: next tokens that would repeat an n-gram of ``seq``, or None when none can.
+def ngram_repeats(seq: torch.Tensor, valid: torch.Tensor, n: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(tokens, hit), both (R, L - n + 1): row r must not generate ``tokens[r, j]`` where
+    ``hit[r, j]``, since that would repeat an n-gram of ``seq``; None when nothing can repeat.
 
     seq: (R, L) token ids; valid: (R, L) bool, False on left padding. Every earlier n-gram whose
     first n-1 tokens equal the last n-1 tokens of the row bans its last token.
@@ -103,12 +112,24 @@ def banned_ngram_mask(seq: torch.Tensor, valid: torch.Tensor, n: int, vocab_size
         return None
     grams = seq.unfold(1, n, 1)  # (R, L - n + 1, n)
     suffix = seq[:, L - n + 1:]  # (R, n - 1): what the next token would extend
-    match = (grams[:, :, :-1] == suffix[:, None, :]).all(-1)  # (R, L - n + 1)
-    match &= valid[:, : L - n + 1]  # with left padding, a valid first token means a valid n-gram
-    nxt = torch.where(match, grams[:, :, -1], vocab_size)  # column V collects the non-matches
-    ban = torch.zeros(R, vocab_size + 1, dtype=torch.bool, device=seq.device)
-    ban.scatter_(1, nxt, True)
-    return ban[:, :vocab_size]
+    hit = (grams[:, :, :-1] == suffix[:, None, :]).all(-1)  # (R, L - n + 1)
+    hit &= valid[:, : L - n + 1]  # with left padding, a valid first token means a valid n-gram
+    return grams[:, :, -1], hit
+
+
+def ban_ngrams_(logits: torch.Tensor, seq: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tensor:
+    """Set to -inf, in place, the logits (R, V) of the tokens ``ngram_repeats`` bans.
+
+    A scatter of the (R, L - n + 1) candidates: a (R, V) mask and ``masked_fill`` cost more on a
+    CPU (for 80 rows of GPT-2's vocabulary) than the rest of the step's bookkeeping together.
+    """
+    repeats = ngram_repeats(seq, valid, n)
+    if repeats is not None:
+        tokens, hit = repeats
+        # min with +inf keeps a logit, min with -inf bans it
+        src = logits.new_full(hit.shape, float("inf")).masked_fill_(hit, NEG_INF)
+        logits.scatter_reduce_(1, tokens, src, reduce="amin")
+    return logits
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seq: torch.Tensor, valid: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -124,9 +145,9 @@ def apply_repetition_penalty(logits: torch.Tensor, seq: torch.Tensor, valid: tor
 
 
 def process_logits(logits, gen, prompt, prompt_mask, t: int, s: BeamSettings, stop: torch.Tensor):
-    """The seed's order: repetition penalty, min length, n-gram ban. logits: (R, V) float32;
-    gen: (R, >= t) generated tokens; prompt, prompt_mask: (R, P) left-padded prompts."""
-    V = logits.shape[1]
+    """The seed's order: repetition penalty, min length, n-gram ban. logits: (R, V) float32, the
+    step's own (the bans change them in place); gen: (R, >= t) generated tokens; prompt,
+    prompt_mask: (R, P) left-padded prompts. Returns the processed logits."""
     ones = torch.ones_like(gen[:, :t], dtype=torch.bool)
 
     def history(with_prompt):
@@ -138,51 +159,14 @@ def process_logits(logits, gen, prompt, prompt_mask, t: int, s: BeamSettings, st
         logits = apply_repetition_penalty(logits, *history(s.include_prompt_in_repetition_penalty),
                                           s.repetition_penalty)
     if t < s.min_length and stop.numel():
-        logits = logits.index_fill(1, stop, NEG_INF)
+        logits.index_fill_(1, stop, NEG_INF)
     if s.no_repeat_ngram_size > 0:
-        seq, valid = history(s.include_prompt_in_ngram)
-        ban = banned_ngram_mask(seq, valid, s.no_repeat_ngram_size, V)
-        if ban is not None:
-            logits = logits.masked_fill(ban, NEG_INF)
+        ban_ngrams_(logits, *history(s.include_prompt_in_ngram), s.no_repeat_ngram_size)
     return logits
 
 
 # ----------------------------------------------------------------------------------------------
 # The search
-
-class _BeamCache:
-    """Reorders a ``KVCache`` between two preallocated buffers, copying as little as it can.
-
-    ``KVCache.reorder`` allocates a whole new cache (every position, filled or not) on each call;
-    a beam reorders every step, and that allocation plus copy was a quarter of a CPU step for
-    GPT-2 S. Here rows are gathered with ``index_select(..., out=)`` into the other buffer, whose
-    first rows then become the cache's ``k`` and ``v`` (views). The beams of one input share its
-    prompt, so while the row layout (which input each row belongs to) stays the same, a buffer
-    that already holds the prompt positions gets only the generated positions copied.
-    """
-
-    def __init__(self, cache, rows: int, prompt_len: int):
-        shape = (cache.k.shape[0], rows) + tuple(cache.k.shape[2:])
-        self.cache, self.prompt_len = cache, prompt_len
-        self.spare = [(torch.empty(shape, dtype=cache.k.dtype, device=cache.k.device),
-                       torch.empty(shape, dtype=cache.v.dtype, device=cache.v.device)) for _ in range(2)]
-        self.current = None  # the buffer the cache lives in (None: its own first tensors)
-        self.has_prompt = [False, False]  # buffer holds the prompt positions for the current layout
-
-    def reorder(self, rows: torch.Tensor, same_layout: bool) -> None:
-        """Row i of the cache becomes old row ``rows[i]``. same_layout: row i belongs to the same
-        input before and after (beams reordered within their input, no input dropped)."""
-        c, n, L = self.cache, rows.numel(), self.cache.length
-        if not same_layout:
-            self.has_prompt = [False, False]
-        target = 0 if self.current != 0 else 1
-        start = self.prompt_len if self.has_prompt[target] else 0
-        k, v = (t[:, :n] for t in self.spare[target])
-        torch.index_select(c.k[:, :, :, start:L], 1, rows, out=k[:, :, :, start:L])
-        torch.index_select(c.v[:, :, :, start:L], 1, rows, out=v[:, :, :, start:L])
-        c.k, c.v, self.current = k, v, target
-        self.has_prompt[target] = True
-
 
 def _device(model):
     return model.transformer.wte.weight.device
@@ -218,22 +202,33 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
     best_finished = torch.zeros(N, dtype=torch.bool, device=device)
 
     alive = torch.arange(N, device=device)  # original index of each input still searching (n,)
-    cache = model.new_cache(N, P + T) if s.use_cache else None
-    beams = _BeamCache(cache, N * K, P) if cache is not None else None
+    # The cache has one row per input (see the module docstring): the prompt, then K slots per
+    # generated position; slot_of[row, s] is the slot that computed position s of the row's
+    # hypothesis (its ancestor's then), so a reorder moves this small table, never the cache.
+    cache = model.new_cache(N, P + K * (T - 1)) if s.use_cache else None
+    slots = torch.arange(K, device=device)
+    prompt_len = prompt_mask.sum(1)  # (N,) real tokens
     last = torch.zeros(N, P, dtype=torch.bool, device=device)
     last[:, -1] = True
     # Step 0: one row per input; the prompt's last position gives the first token's logits.
     logits = model(prompt, attention_mask=prompt_mask, cache=cache, logit_mask=last)  # (N, V)
     gen = torch.zeros(N, T, dtype=torch.long, device=device)  # rows: inputs, later inputs x beams
+    slot_of = torch.zeros(N, T, dtype=torch.long, device=device)
     row_prompt, row_mask = prompt, prompt_mask
     run = None  # (n, K) running sums; -inf marks an empty slot
 
     for t in range(T):
         if t > 0:
-            step_mask = torch.cat([row_mask, torch.ones(row_mask.shape[0], t, dtype=torch.bool, device=device)], 1)
+            n = alive.numel()
             if cache is not None:
-                logits = model(gen[:, t - 1:t], attention_mask=step_mask, cache=cache)[:, -1]
+                # hypothesis i sees its input's prompt and, at each generated position, its ancestor's slot
+                sees = (slot_of[:, :t].view(n, K, t, 1) == slots).view(n, K, t * K)
+                mask = torch.cat([prompt_mask[alive, None, :].expand(n, K, P), sees], 2)  # (n, K, P + t*K)
+                position = (prompt_len[alive] + t - 1)[:, None].expand(n, K)
+                logits = model(gen[:, t - 1].view(n, K), attention_mask=mask[:, None], position_ids=position,
+                               cache=cache).view(n * K, V)
             else:
+                step_mask = torch.cat([row_mask, torch.ones(row_mask.shape[0], t, dtype=torch.bool, device=device)], 1)
                 ids = torch.cat([row_prompt, gen[:, :t]], 1)
                 last = torch.zeros_like(step_mask)
                 last[:, -1] = True
@@ -247,15 +242,18 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
             cand = logprobs  # only beam 0 expands: all beams hold the same prompt
             if V < K:  # fewer tokens than beams: the extra slots start empty
                 cand = torch.cat([cand, cand.new_full((n, K - V), NEG_INF)], 1)
-        else:
-            cand = (run[:, :, None] + logprobs.view(n, K, V)).view(n, K * V)
-        values, index = torch.topk(cand, K, dim=1)  # (n, K), sorted
-        if t == 0:
+            values, index = torch.topk(cand, K, dim=1)  # (n, K), sorted
             origin = torch.arange(n, device=device)[:, None].expand(n, K)  # row of each new hypothesis
             token = torch.where(index < V, index, 0)
         else:
-            origin = torch.arange(n, device=device)[:, None] * K + index // V
-            token = index % V
+            # The K best of K x V continuations are among each beam's K best tokens (a beam's
+            # running sum adds the same to all its tokens): rank K x K candidates, not K x V.
+            k1 = min(K, V)
+            top_lp, top_token = torch.topk(logprobs, k1, dim=1)  # (n * K, k1)
+            cand = (run[:, :, None] + top_lp.view(n, K, k1)).view(n, K * k1)
+            values, index = torch.topk(cand, K, dim=1)  # (n, K), sorted
+            origin = torch.arange(n, device=device)[:, None] * K + index // k1
+            token = top_token.view(n, K * k1).gather(1, index)
         finite = torch.isfinite(values)
         is_stop = torch.isin(token, stop) & finite
         length = t + 1
@@ -288,8 +286,10 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
         rows = origin[keep].reshape(-1)  # beam reorder and dropping done inputs in one gather
         gen = gen.index_select(0, rows)
         gen[:, t] = token[keep].reshape(-1)
-        if beams is not None:
-            beams.reorder(rows, same_layout=t > 0 and bool(keep.all()))
+        slot_of = slot_of.index_select(0, rows)
+        slot_of[:, t] = slots.repeat(rows.numel() // K)  # position t: computed next step, in the row's slot
+        if cache is not None and not bool(keep.all()):
+            cache.reorder(keep.nonzero()[:, 0])  # done inputs leave the cache
         run = values[keep]
         alive = alive[keep]
         row_prompt = prompt[alive].repeat_interleave(K, 0)

@@ -160,19 +160,27 @@ class GPT2Model(nn.Module):
 
         input_ids: (B, T) new tokens. attention_mask: (B, T_past + T), 1 for real tokens and 0 for
         padding, covering the cached positions too; None means no padding to hide (right padding
-        needs none: causal attention never looks ahead). position_ids: (B, T); by default counted
-        over the real tokens of ``attention_mask``, or ``T_past + arange(T)`` without one.
+        needs none: causal attention never looks ahead). Or a boolean (B, 1, T, T_past + T):
+        which keys each query sees, used as is (beam search runs the hypotheses of an input as
+        the T queries of one row); position_ids are then required. position_ids: (B, T); by
+        default counted over the real tokens of ``attention_mask``, or ``T_past + arange(T)``
+        without one.
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        attn_mask = None
-        if attention_mask is not None or past > 0:
-            attn_mask = self._attention_bias_mask(attention_mask, B, T, past, input_ids.device)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            if position_ids is None:
+                raise ValueError("a (B, 1, T, T_past + T) attention_mask needs position_ids")
+            attn_mask = attention_mask.bool()
+        else:
+            if position_ids is None:
+                if attention_mask is not None:
+                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
+                else:
+                    position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+            attn_mask = None
+            if attention_mask is not None or past > 0:
+                attn_mask = self._attention_bias_mask(attention_mask, B, T, past, input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
         for i, block in enumerate(self.h):
             x = block(x, attn_mask, cache, i)

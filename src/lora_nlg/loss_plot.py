@@ -1,0 +1,99 @@
+"""A PNG of training and validation loss from ``gpt2_ft.py`` work dirs (their ``log.jsonl``).
+
+    python -m lora_nlg.loss_plot --out loss.png "pretraining=demo_out/pretrain" "LoRA=demo_out/run/seed-110"
+
+One panel per work dir, titled by the name before ``=``: the training loss of every logged interval
+(label-smoothed when the run's ``label_smooth`` > 0, which the legend then says: smoothing over
+GPT-2's 50,257 tokens adds about a nat) and the validation loss (plain cross-entropy), against
+optimizer steps.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Tuple
+
+from lora_nlg.run_log import LOG_FILE
+
+
+def read_log(work_dir: str) -> Dict[str, List[Tuple[int, float]]]:
+    """(step, loss) of the training and validation records of ``work_dir/log.jsonl``."""
+    path = os.path.join(work_dir, LOG_FILE)
+    curves: Dict[str, List[Tuple[int, float]]] = {"train": [], "valid": []}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg})") from None
+            if record.get("kind") in curves:
+                curves[record["kind"]].append((int(record["step"]), float(record["loss"])))
+    if not curves["train"] and not curves["valid"]:
+        raise ValueError(f"{path}: no training or validation records")
+    return curves
+
+
+def train_loss_label(work_dir: str) -> str:
+    """'train loss', with the label smoothing that inflates it when the run's config.yaml says so."""
+    path = os.path.join(work_dir, "config.yaml")
+    if os.path.isfile(path):
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            smooth = (yaml.safe_load(f) or {}).get("label_smooth") or 0.0
+        if smooth:
+            return f"train loss (label smoothing {smooth:g})"
+    return "train loss"
+
+
+def plot(runs: List[Tuple[str, str]], out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    for ax, (title, work_dir) in zip(axes[0], runs):
+        curves = read_log(work_dir)
+        labels = {"train": train_loss_label(work_dir), "valid": "validation loss (cross-entropy)"}
+        for kind, style in (("train", dict(color="tab:blue", lw=1.2)),
+                            ("valid", dict(color="tab:orange", marker="o", lw=1.5))):
+            if curves[kind]:
+                steps, losses = zip(*curves[kind])
+                ax.plot(steps, losses, label=labels[kind], **style)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (nats / token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+def _run(text: str) -> Tuple[str, str]:
+    title, sep, path = text.partition("=")
+    return (title, path) if sep else (os.path.basename(os.path.normpath(text)), text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lora_nlg.loss_plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=_run, metavar="[TITLE=]WORK_DIR")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    args = p.parse_args(argv)
+    try:
+        plot(args.runs, args.out)
+    except (OSError, ValueError) as e:
+        print(f"loss_plot: error: {e}", file=sys.stderr)
+        return 2
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

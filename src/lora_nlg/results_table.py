@@ -1,0 +1,173 @@
+"""The results of ``scripts/run.sh``: test scores per seed, their mean and standard deviation.
+
+    python -m lora_nlg.results_table --dataset e2e --model_card gpt2.md --out_dir RUN RUN/seed-110 RUN/seed-111 ...
+
+Each seed folder holds ``selection.json`` (``lora_nlg.model_selection``: the checkpoint chosen on
+the dev set) and ``test/eval.<protocol>.json`` (``eval/eval.sh --json``). Written into
+``--out_dir``: ``results.json`` (every seed's scores as eval.sh reports them, and per protocol,
+subset and metric the mean, the sample standard deviation (n - 1; null for one seed), n and the
+values) and ``results.md`` (the same as tables; E2E's BLEU, METEOR and ROUGE_L times 100 as the
+paper prints them, with the paper's figures for GPT-2 M and L when the model card is one of them).
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+from typing import Dict, List, Optional
+
+from lora_nlg.atomic import atomic_write
+
+# The LoRA paper's test figures (Hu et al. 2021, Tables 3 and 13/14, REFERENCE.md), on the
+# scale results.md prints: E2E BLEU/METEOR/ROUGE_L x 100, WebNLG/DART BLEU 0..100, METEOR/TER 0..1.
+PAPER = {
+    ("e2e", "gpt2.md"): {"all": {"BLEU": 70.4, "NIST": 8.85, "METEOR": 46.8, "ROUGE_L": 71.8, "CIDEr": 2.53}},
+    ("e2e", "gpt2.lg"): {"all": {"BLEU": 70.4, "NIST": 8.89, "METEOR": 46.8, "ROUGE_L": 72.0, "CIDEr": 2.47}},
+    ("webnlg", "gpt2.md"): {"all": {"BLEU": 55.3, "METEOR": 0.41, "TER": 0.39},
+                            "seen": {"BLEU": 62.1, "METEOR": 0.44, "TER": 0.33},
+                            "unseen": {"BLEU": 46.7, "METEOR": 0.38, "TER": 0.46}},
+    ("webnlg", "gpt2.lg"): {"all": {"BLEU": 57.0, "METEOR": 0.42, "TER": 0.38},
+                            "seen": {"BLEU": 64.0, "METEOR": 0.45, "TER": 0.32},
+                            "unseen": {"BLEU": 48.4, "METEOR": 0.39, "TER": 0.45}},
+    ("dart", "gpt2.md"): {"all": {"BLEU": 47.1, "METEOR": 0.39, "TER": 0.46}},
+    ("dart", "gpt2.lg"): {"all": {"BLEU": 47.5, "METEOR": 0.39, "TER": 0.45}},
+}
+PERCENT = {"e2e": {"BLEU", "METEOR", "ROUGE_L"}}  # printed x 100 in results.md
+DIGITS = {"BLEU": 2, "NIST": 2, "METEOR": 3, "ROUGE_L": 2, "CIDEr": 3, "TER": 3}  # on the printed scale
+PAPER_PROTOCOL = "paper"  # the paper's figures came from microsoft's pipeline
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (did the step that writes it run?)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def _seed_of(folder: str) -> str:
+    m = re.search(r"seed-(\d+)$", os.path.normpath(folder))
+    return m.group(1) if m else os.path.basename(os.path.normpath(folder))
+
+
+def read_seed(folder: str) -> Dict:
+    """One seed's chosen checkpoint, dev BLEU and test reports."""
+    selection = _read_json(os.path.join(folder, "selection.json"))
+    reports = {}
+    for path in sorted(glob.glob(os.path.join(folder, "test", "eval.*.json"))):
+        report = _read_json(path)
+        reports[report["protocol"]] = {"metrics": report["metrics"], "scores": report["scores"],
+                                       "counts": report["counts"],
+                                       "not_computed": report.get("not_computed", {}), "file": path}
+    if not reports:
+        raise FileNotFoundError(f"{folder}/test: no eval.<protocol>.json (the evaluation step writes them)")
+    return {"seed": _seed_of(folder), "folder": folder, "chosen": selection["chosen"],
+            "dev_bleu": selection["scores"][selection["chosen"]], "dev_scores": selection["scores"],
+            "test": reports}
+
+
+def summarize(values: List[Optional[float]]) -> Dict:
+    present = [v for v in values if v is not None]
+    return {"mean": statistics.fmean(present) if present else None,
+            "std": statistics.stdev(present) if len(present) > 1 else None,
+            "n": len(present), "values": values}
+
+
+def aggregate(runs: List[Dict]) -> Dict:
+    """protocol -> subset -> metric -> summary over the runs."""
+    out: Dict = {}
+    for run in runs:
+        for proto, report in run["test"].items():
+            for subset in report["scores"]:
+                for metric in report["metrics"]:  # eval.sh's order: E2E BLEU NIST METEOR ROUGE_L CIDEr
+                    out.setdefault(proto, {}).setdefault(subset, {}).setdefault(metric, None)
+    for proto, subsets in out.items():
+        for subset, metrics in subsets.items():
+            for metric in metrics:
+                metrics[metric] = summarize([run["test"].get(proto, {}).get("scores", {}).get(subset, {}).get(metric)
+                                             for run in runs])
+    return out
+
+
+def _cell(summary: Dict, scale: float, digits: int) -> str:
+    if summary["mean"] is None:
+        return "not computed"
+    mean = summary["mean"] * scale
+    if summary["std"] is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {summary['std'] * scale:.{digits}f}"
+
+
+def markdown(result: Dict) -> str:
+    ds, card = result["dataset"], result["model_card"]
+    percent = PERCENT.get(ds, set())
+    seeds = ", ".join(r["seed"] for r in result["runs"])
+    lines = [f"# {ds}, {card}: test results over {len(result['runs'])} seed(s) ({seeds})", ""]
+    lines.append("Each seed's checkpoint was chosen by dev BLEU; mean ± sample standard deviation over seeds."
+                 + (" BLEU, METEOR and ROUGE_L x 100, as in the paper." if percent else ""))
+    lines.append("")
+    for proto, subsets in result["summary"].items():
+        metrics = list(next(iter(subsets.values())))
+        lines.append(f"## protocol `{proto}`")
+        lines.append("")
+        lines.append("| subset | " + " | ".join(metrics) + " |")
+        lines.append("|---" * (len(metrics) + 1) + "|")
+        for subset, summaries in subsets.items():
+            cells = [_cell(summaries[m], 100.0 if m in percent else 1.0, 2 if m in percent else DIGITS.get(m, 4))
+                     for m in metrics]
+            lines.append(f"| {subset} | " + " | ".join(cells) + " |")
+        paper = PAPER.get((ds, card)) if proto == PAPER_PROTOCOL else None
+        if paper:
+            for subset, scores in paper.items():
+                lines.append(f"| paper ({subset}) | " + " | ".join(
+                    f"{scores[m]:g}" if m in scores else "" for m in metrics) + " |")
+        lines.append("")
+    lines.append("## per seed")
+    lines.append("")
+    lines.append("| seed | chosen checkpoint | dev BLEU | test BLEU (" + ", ".join(result["summary"]) + ") |")
+    lines.append("|---|---|---|---|")
+    for run in result["runs"]:
+        scale = 100.0 if "BLEU" in percent else 1.0
+        test = ", ".join(f"{run['test'][p]['scores']['all']['BLEU'] * scale:.2f}" for p in result["summary"]
+                         if p in run["test"])
+        lines.append(f"| {run['seed']} | {run['chosen']} | {run['dev_bleu'] * scale:.2f} | {test} |")
+    not_computed = {m: why for run in result["runs"] for rep in run["test"].values()
+                    for m, why in rep["not_computed"].items()}
+    for metric, why in not_computed.items():
+        lines.append("")
+        lines.append(f"{metric} not computed: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lora_nlg.results_table", description=__doc__.split("\n\n")[0])
+    p.add_argument("seed_dirs", nargs="+", help="one folder per seed (selection.json, test/eval.*.json)")
+    p.add_argument("--dataset", required=True, choices=("e2e", "webnlg", "dart"))
+    p.add_argument("--model_card", required=True)
+    p.add_argument("--out_dir", required=True, help="where results.md and results.json go")
+    args = p.parse_args(argv)
+    try:
+        runs = [read_seed(d) for d in args.seed_dirs]
+    except (OSError, ValueError, KeyError) as e:
+        print(f"results_table: error: {e}", file=sys.stderr)
+        return 2
+    result = {"dataset": args.dataset, "model_card": args.model_card, "seeds": [r["seed"] for r in runs],
+              "summary": aggregate(runs), "runs": runs}
+    result["paper"] = PAPER.get((args.dataset, args.model_card))
+    os.makedirs(args.out_dir, exist_ok=True)
+    with atomic_write(os.path.join(args.out_dir, "results.json")) as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    text = markdown(result)
+    with atomic_write(os.path.join(args.out_dir, "results.md")) as f:
+        f.write(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

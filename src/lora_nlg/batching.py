@@ -8,11 +8,12 @@
   same number of steps.
 - `read_unique`: the `*_unique.jsonl` files (one line per input) that decoding reads.
 """
-import json
 import logging
 
 import numpy as np
 import torch
+
+from lora_nlg.jsonl import json_records
 
 logger = logging.getLogger(__name__)
 
@@ -21,25 +22,10 @@ def _is_ids(value):
     return isinstance(value, list) and all(type(i) is int and i >= 0 for i in value)
 
 
-def _json_lines(path):
-    """(line number, object) for each non-blank line; ValueError naming file:line on bad JSON."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(item).__name__}")
-            yield line_no, item
-
-
 def read_encoded(path):
     """The seed's encoded jsonl -> [(context ids, completion ids)], in file order."""
     examples = []
-    for line_no, item in _json_lines(path):
+    for line_no, item in json_records(path):
         pair = []
         for field in ("context", "completion"):
             if field not in item:
@@ -54,7 +40,7 @@ def read_encoded(path):
 def read_unique(path):
     """A `*_unique.jsonl` file -> list of dicts: id, context, context_ids, references[, category, seen]."""
     records = []
-    for line_no, item in _json_lines(path):
+    for line_no, item in json_records(path):
         expected = {"id": lambda v: type(v) is int, "context": lambda v: isinstance(v, str),
                     "context_ids": lambda v: _is_ids(v) and bool(v),
                     "references": lambda v: isinstance(v, list) and bool(v) and all(isinstance(r, str) for r in v)}

@@ -37,7 +37,6 @@ A line break inside a reference or hypothesis would shift every later line: it b
 Every file is written atomically.
 """
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -45,6 +44,7 @@ from typing import Dict, Hashable, List, Literal, Optional, Tuple
 
 from lora_nlg.atomic import atomic_write
 from lora_nlg.cli import parse_config
+from lora_nlg.jsonl import json_records
 
 PROTOCOLS = ("paper", "official")
 _LINE_BREAK = re.compile(r"\s*[\r\n]+\s*")
@@ -130,23 +130,9 @@ def seed_text(decoded: str) -> str:
 
 # ------------------------------------------------------------------------------------- reading
 
-def _records(path: str):
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object")
-            yield line_no, item
-
-
 def read_sources(path: str, ref_unique_file: Optional[str] = None) -> Tuple[List[Source], str]:
     """The input file's lines and its kind ('unique' or 'formatted')."""
-    records = list(_records(path))
+    records = list(json_records(path))
     if not records:
         raise ValueError(f"{path}: empty")
     if "references" in records[0][1]:
@@ -192,7 +178,7 @@ def read_predictions(path: str, vocab: Optional[str] = None) -> Dict[int, str]:
     """id -> hypothesis text, in file order (ours: "text"; the seed's: decoded "predict")."""
     tokenizer = None
     out: Dict[int, str] = {}
-    for line_no, item in _records(path):
+    for line_no, item in json_records(path):
         where = f"{path}:{line_no}"
         if not isinstance(item.get("id"), int):
             raise ValueError(f"{where}: missing integer field 'id'")

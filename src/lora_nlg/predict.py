@@ -46,6 +46,7 @@ from lora_nlg.checkpoint import (ADAPTER_FILE, LORA_KEY, CheckpointError, apply_
                                  load_pretrained, lora_config_from_tensors, read_tensors)
 from lora_nlg.cli import parse_config, save_config
 from lora_nlg.distributed import barrier, cleanup, gather_objects, init_distributed
+from lora_nlg.jsonl import json_records
 from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora
 from lora_nlg.model import GPT2Config, GPT2LMModel
 
@@ -130,17 +131,10 @@ def _say(msg: str) -> None:
 # ------------------------------------------------------------------------------------- inputs
 
 def _first_record(path: str) -> Tuple[int, dict]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(item, dict):
-                    raise ValueError(f"{path}:{line_no}: expected a JSON object")
-                return line_no, item
-    raise ValueError(f"{path}: no inputs")
+    first = next(json_records(path), None)
+    if first is None:
+        raise ValueError(f"{path}: no inputs")
+    return first
 
 
 def read_inputs(path: str) -> List[Tuple[int, List[int]]]:

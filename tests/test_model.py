@@ -113,3 +113,52 @@ def test_logit_mask_selects_rows(tiny_model, token_ids):
     # Row-major order: the first selected position is row 0's first True.
     b, t = mask.nonzero()[0].tolist()
     assert max_diff(picked[0], full[b, t]) < 1e-5
+
+
+def completion_mask(shape, starts):
+    """Boolean (B, T): True from ``starts[b]`` on, as the loss positions of training rows."""
+    return torch.arange(shape[1])[None, :] >= torch.tensor(starts)[:, None]
+
+
+@torch.no_grad()
+def test_logit_mask_with_late_first_column_and_padding(tiny_model, token_ids):
+    """The last block's queries start at the first selected column (here 9): the shifted causal
+    mask, and a left-padding mask cut to those queries, must give the full forward's logits."""
+    mask = completion_mask(token_ids.shape, [9, 12, 14])
+    full = tiny_model(token_ids)
+    assert max_diff(tiny_model(token_ids, logit_mask=mask), full[mask]) < 1e-5
+    padding = torch.ones_like(token_ids)
+    padding[1, :3] = 0  # row 1 left-padded
+    full = tiny_model(token_ids, attention_mask=padding)
+    assert max_diff(tiny_model(token_ids, attention_mask=padding, logit_mask=mask), full[mask]) < 1e-5
+    empty = tiny_model(token_ids, logit_mask=torch.zeros_like(mask))
+    assert empty.shape == (0, 101)
+
+
+def test_logit_mask_gradients_match_full_forward(token_ids):
+    """LoRA gradients of a loss on the selected positions: the same whether the last block and
+    the LM head run on every position (loss masked afterwards) or on the selected ones only."""
+    from lora_nlg.lora import LoRAConfig, apply_lora, mark_only_lora_as_trainable
+
+    torch.manual_seed(0)
+    model = lora_nlg.model.GPT2LMModel(lora_nlg.model.GPT2Config(vocab_size=101, n_positions=32, n_embd=16,
+                                                                 n_layer=2, n_head=2)).double()
+    apply_lora(model, LoRAConfig(r=2, alpha=4, targets=("q", "v", "mlp.c_fc")))
+    mark_only_lora_as_trainable(model)
+    for p in model.parameters():  # B starts at zero: make every gradient path non-trivial
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    mask = completion_mask(token_ids.shape, [7, 10, 13])
+    labels = token_ids.roll(-1, dims=1)
+
+    def grads(logits_fn):
+        model.zero_grad()
+        F.cross_entropy(logits_fn(), labels[mask], reduction="sum").backward()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    selected = grads(lambda: model(token_ids, logit_mask=mask))
+    everywhere = grads(lambda: model(token_ids)[mask])
+    assert len(selected) == 8  # A and B of c_attn and c_fc in 2 blocks
+    for a, b in zip(selected, everywhere):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -131,7 +131,10 @@ class LoRALinear(nn.Module):
         if self.merged:
             return y
         a = self.lora_dropout(x) @ self.lora_A.t()  # (..., n * r)
-        return y + (a @ self._b_full().t()) * self.scaling
+        # y + scaling * a B^T as one addmm: no separate scale and add passes over y.
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), a.reshape(-1, a.shape[-1]), self._b_full().t(),
+                          alpha=self.scaling)
+        return out.view(y.shape)
 
     @torch.no_grad()
     def merge(self):

@@ -9,7 +9,9 @@ Differences from microsoft/LoRA's ``model.py`` worth knowing:
 - the KV cache is preallocated and supports rows of different lengths (left padding plus an
   attention mask), which batched beam search needs;
 - ``logit_mask`` computes the LM head only where a loss is taken (the LM head is about a third of
-  GPT-2 S's forward FLOPs and context tokens carry no loss).
+  GPT-2 S's forward FLOPs and context tokens carry no loss), and the last block too: its
+  queries start at the first selected column, its ``c_proj`` and MLP run on the selected
+  positions only (context tokens only give keys and values there).
 """
 import dataclasses
 import math
@@ -103,7 +105,8 @@ class Attention(nn.Module):
         self.attn_pdrop = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, attn_mask=None, cache: Optional[KVCache] = None, layer: int = 0):
+    def forward(self, x, attn_mask=None, cache: Optional[KVCache] = None, layer: int = 0, select=None):
+        """(B, T, C); or with a boolean ``select`` (B, T), the (N, C) outputs at its N positions."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -111,13 +114,23 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, T_past + T, hs)
+        t0 = 0
+        if select is not None:
+            # Queries from the first selected column on; keys and values of every position.
+            t0 = int(select.any(0).byte().argmax())
+            q = q[:, :, t0:]
+            if attn_mask is None:  # causal, shifted: query t0 + i sees keys 0 .. t0 + i
+                attn_mask = torch.ones(T - t0, T, dtype=torch.bool, device=x.device).tril(t0)
+            else:
+                attn_mask = attn_mask[..., t0:, :]
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
             is_causal=attn_mask is None,
             dropout_p=self.attn_pdrop if self.training else 0.0,
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2)  # (B, T - t0, nh, hs)
+        y = y.reshape(B, T, C) if select is None else y[select[:, t0:]].view(-1, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -141,8 +154,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+    def forward(self, x, attn_mask=None, cache=None, layer=0, select=None):
+        """(B, T, C); or with a boolean ``select`` (B, T), the (N, C) outputs at its N positions."""
+        a = self.attn(self.ln_1(x), attn_mask, cache, layer, select)
+        x = x + a if select is None else x[select] + a
         return x + self.mlp(self.ln_2(x))
 
 
@@ -155,8 +170,10 @@ class GPT2Model(nn.Module):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: Optional[KVCache] = None):
-        """Hidden states (B, T, C).
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: Optional[KVCache] = None,
+                output_mask=None):
+        """Hidden states (B, T, C); or, with a boolean ``output_mask`` (B, T), those of its N
+        positions (N, C) in row-major order, the last block computing no others.
 
         input_ids: (B, T) new tokens. attention_mask: (B, T_past + T), 1 for real tokens and 0 for
         padding, covering the cached positions too; None means no padding to hide (right padding
@@ -182,8 +199,9 @@ class GPT2Model(nn.Module):
             if attention_mask is not None or past > 0:
                 attn_mask = self._attention_bias_mask(attention_mask, B, T, past, input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
+        last = len(self.h) - 1
         for i, block in enumerate(self.h):
-            x = block(x, attn_mask, cache, i)
+            x = block(x, attn_mask, cache, i, output_mask if i == last else None)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
@@ -230,10 +248,7 @@ class GPT2LMModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, logit_mask=None):
         """Logits (B, T, V); or, with a boolean ``logit_mask`` (B, T), logits (N, V) of the N
         selected positions in row-major order, so the LM head runs only where a loss is taken."""
-        hidden = self.transformer(input_ids, attention_mask, position_ids, cache)
-        if logit_mask is not None:
-            hidden = hidden[logit_mask]  # (N, C)
-        return self.lm_logits(hidden)
+        return self.lm_logits(self.transformer(input_ids, attention_mask, position_ids, cache, logit_mask))
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         p = self.transformer.wte.weight

@@ -495,7 +495,7 @@ def test_dart_reader_lowercases_property_and_can_drop_empty_references(tmp_path)
     ('{"context": "a", "completion": "b"}\n{"context": "a", "completion": \n', r"f.jsonl:2: malformed JSON"),
     ('{"context": "a"}\n', r"f.jsonl:1: missing field 'completion'"),
     ('{"context": "a", "completion": ""}\n', r"f.jsonl:1: empty completion"),
-    ('["a", "b"]\n', r"f.jsonl:1: expected an object"),
+    ('["a", "b"]\n', r"f.jsonl:1: expected a JSON object, got list"),
 ])
 def test_formatted_jsonl_errors(tmp_path, text, message):
     with pytest.raises(D.DataError, match=message):
@@ -605,7 +605,7 @@ def test_unreachable_source_names_file_url_and_mirror_variable(tiny, tmp_path, c
 
 def test_git_blob_prefix_check(tmp_path):
     data = b"hello\n"
-    path = write(tmp_path / "m" / "x.json", data.decode())
+    write(tmp_path / "m" / "x.json", data.decode())
     blob = hashlib.sha1(b"blob 6\0" + data).hexdigest()
     assert fetch("x.json", {"url": "u", "git_blob_prefix": blob[:8]}, tmp_path / "m")[1] == hashlib.sha256(data).hexdigest()
     with pytest.raises(SourceError, match="git blob id"):

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from lora_nlg.metrics import bleu, cider, evaluate, java, nist, protocol, punkt, references, rouge, ter
+from lora_nlg.metrics import bleu, cider, evaluate, java, nist, protocol, references, rouge, ter
 from lora_nlg.metrics import word_tokenize as wt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -348,15 +348,6 @@ def test_paper_protocol_text_never_needs_punkt(geneval):
     assert not any(wt.needs_sentence_splitter(protocol.microsoft_tokenize(t)) for t in _sample_texts(geneval))
 
 
-@pytest.fixture(scope="module")
-def punkt_model():
-    """nltk's English Punkt model: found, or fetched from PyPI (punkt.install_punkt)."""
-    try:
-        return punkt.find_punkt() or punkt.install_punkt()
-    except punkt.PunktNotFoundError as e:
-        pytest.fail(f"nltk's English Punkt model is required here and could not be installed: {e}")
-
-
 def test_word_tokenize_equals_nltk(geneval, punkt_model, monkeypatch):
     import nltk
     monkeypatch.setattr(nltk.data, "path", [os.path.dirname(os.path.dirname(os.path.dirname(punkt_model)))]
@@ -402,10 +393,10 @@ def test_read_predictions_text_trailing_newline(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ('{"id": 0, "text": "a"}\nnot json\n', r"p\.jsonl, line 2: not JSON"),
-    ('{"id": 0}\n', r"line 1: field 'text' is missing"),
-    ('{"id": "0", "text": "a"}\n', r"line 1: field 'id' must be an integer, got str"),
-    ('{"id": 0, "text": "a"}\n{"id": 0, "text": "b"}\n', r"line 2: id 0 already on line 1"),
+    ('{"id": 0, "text": "a"}\nnot json\n', r"p\.jsonl:2: malformed JSON"),
+    ('{"id": 0}\n', r":1: field 'text' is missing"),
+    ('{"id": "0", "text": "a"}\n', r":1: field 'id' must be an integer, got str"),
+    ('{"id": 0, "text": "a"}\n{"id": 0, "text": "b"}\n', r":2: id 0 already on line 1"),
 ])
 def test_bad_prediction_files(tmp_path, content, message):
     with pytest.raises(references.FormatError, match=message):
@@ -457,12 +448,12 @@ def test_bad_reference_folders(tmp_path, files, message):
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("refs.csv", "mr,text\nx,y\n", r"refs\.csv, line 1: expected one ref column in the header, got \['mr', 'text'\]"),
-    ("refs.csv", "mr,ref\nx,y\nz\n", r"refs\.csv, line 3: 1 fields, the header has 2"),
-    ("test_unique.jsonl", '{"id": 0, "refs": ["a"]}\n', r"line 1: field 'references' is missing"),
-    ("test_unique.jsonl", '{"id": 0, "references": ["a", 3]}\n', r"line 1: field 'references' must be a non-empty list of strings"),
-    ("test_unique.jsonl", '{"id": 0, "references": ["a"], "seen": "yes"}\n', r"line 1: field 'seen' must be true or false"),
-    ("test_unique.jsonl", '{"id": 0, "references": ["a"]}\n{"id": 0, "references": ["b"]}\n', r"line 2: id 0 already on line 1"),
+    ("refs.csv", "mr,text\nx,y\n", r"refs\.csv:1: expected one ref column in the header, got \['mr', 'text'\]"),
+    ("refs.csv", "mr,ref\nx,y\nz\n", r"refs\.csv:3: 1 fields, the header has 2"),
+    ("test_unique.jsonl", '{"id": 0, "refs": ["a"]}\n', r":1: field 'references' is missing"),
+    ("test_unique.jsonl", '{"id": 0, "references": ["a", 3]}\n', r":1: field 'references' must be a non-empty list of strings"),
+    ("test_unique.jsonl", '{"id": 0, "references": ["a"], "seen": "yes"}\n', r":1: field 'seen' must be true or false"),
+    ("test_unique.jsonl", '{"id": 0, "references": ["a"]}\n{"id": 0, "references": ["b"]}\n', r":2: id 0 already on line 1"),
     ("refs.txt", "\n\n", r"refs\.txt: no references"),
 ])
 def test_bad_reference_files(tmp_path, name, content, message):
@@ -486,7 +477,7 @@ def test_bad_prediction_inputs_name_the_problem(tmp_path):
     latin1.write_bytes("caf\u00e9\n".encode("latin-1"))
     with pytest.raises(references.FormatError, match=r"latin1\.txt: not UTF-8"):
         references.read_predictions(str(latin1))
-    with pytest.raises(references.FormatError, match=r"line 1: expected a JSON object"):
+    with pytest.raises(references.FormatError, match=r":1: expected a JSON object"):
         references.read_predictions(_write(tmp_path / "list.jsonl", "[1, 2]\n"))
 
 

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from lora_nlg.metrics import (bleu, cider, evaluate, java, meteor, nist, protocol, ptb, punkt,
+from lora_nlg.metrics import (bleu, cider, evaluate, java, meteor, nist, protocol, ptb,
                               references, rouge, ter)
 from lora_nlg.metrics.word_tokenize import generationeval_tokenize
 
@@ -115,14 +115,6 @@ def test_meteor_vocabulary_contains_the_jars_normalizer_output(e2e_systems):
     out = subprocess.run(cmd, input=("\n".join(texts) + "\n").encode("utf-8"), capture_output=True, check=True)
     jar_tokens = set(out.stdout.decode("utf-8").lower().split())
     assert jar_tokens - meteor.meteor_vocabulary(texts) == set()
-
-
-@pytest.fixture(scope="module")
-def punkt_model():
-    try:
-        return punkt.find_punkt() or punkt.install_punkt()
-    except punkt.PunktNotFoundError as e:
-        pytest.fail(f"nltk's English Punkt model is required here and could not be installed: {e}")
 
 
 @pytest.fixture(scope="module")

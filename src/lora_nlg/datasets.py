@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .jsonl import parse_json_lines
+
+
 SEEN_CATEGORIES = frozenset(
     ["Airport", "Astronaut", "Building", "City", "ComicsCharacter",
      "Food", "Monument", "SportsTeam", "University", "WrittenWork"]
@@ -329,16 +332,8 @@ def read_formatted_jsonl(path):
     """The seed's `*_formatted.jsonl`; pairs with the same context share an input."""
     name = _display_name(path)
     pairs = []
-    for line_no, line in enumerate(read_text(path).splitlines(), 1):
+    for line_no, item in parse_json_lines(read_text(path).splitlines(), name, DataError):
         where = f"{name}:{line_no}"
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected an object with 'context' and 'completion'")
         for field in ("context", "completion"):
             if field not in item:
                 raise DataError(f"{where}: missing field {field!r}")

@@ -8,11 +8,11 @@ GPT-2's 50,257 tokens adds about a nat) and the validation loss (plain cross-ent
 optimizer steps.
 """
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Tuple
 
+from lora_nlg.jsonl import json_records
 from lora_nlg.run_log import LOG_FILE
 
 
@@ -20,16 +20,9 @@ def read_log(work_dir: str) -> Dict[str, List[Tuple[int, float]]]:
     """(step, loss) of the training and validation records of ``work_dir/log.jsonl``."""
     path = os.path.join(work_dir, LOG_FILE)
     curves: Dict[str, List[Tuple[int, float]]] = {"train": [], "valid": []}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg})") from None
-            if record.get("kind") in curves:
-                curves[record["kind"]].append((int(record["step"]), float(record["loss"])))
+    for _, record in json_records(path):
+        if record.get("kind") in curves:
+            curves[record["kind"]].append((int(record["step"]), float(record["loss"])))
     if not curves["train"] and not curves["valid"]:
         raise ValueError(f"{path}: no training or validation records")
     return curves

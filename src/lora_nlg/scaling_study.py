@@ -43,6 +43,7 @@ from lora_nlg.atomic import atomic_write
 from lora_nlg.batching import FTDataset, collate, read_encoded
 from lora_nlg.checkpoint import load_pretrained, save_pretrained
 from lora_nlg.cli import config_to_dict, parse_config
+from lora_nlg.jsonl import json_records
 from lora_nlg.model import GPT2_SIZES, GPT2Config, GPT2LMModel
 from lora_nlg.prepare import encode_pairs, write_jsonl
 from lora_nlg.sources import default_mirror
@@ -212,8 +213,7 @@ def _lora_train(cfg: StudyConfig, out: Path, work: Path, backbone: Path, lr: flo
             "--log_interval", str(cfg.steps), "--eval_interval", str(cfg.steps), "--save_interval", str(cfg.steps),
             "--random_seed", str(seed), "--work_dir", str(work), *_common(cfg)], cfg.threads)
     seconds = time.time() - start
-    with open(work / "log.jsonl", encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = [record for _, record in json_records(work / "log.jsonl")]
     valid = [x for x in records if x["kind"] == "valid"]
     tensors, _, lora_config, _ = read_adapter(Path(ts.last_checkpoint(str(work))) / "adapter.safetensors")
     norms = update_norms(tensors, lora_config)

@@ -23,9 +23,10 @@ import collections
 import csv
 import dataclasses
 import io
-import json
 import os
 import re
+
+from ..jsonl import parse_json_lines
 
 
 class FormatError(ValueError):
@@ -74,21 +75,13 @@ def _lines(path):
 def _jsonl(path, required):
     """Parsed objects of a jsonl file, checking that each has the `required` fields and types."""
     rows = []
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FormatError(f"{path}, line {number}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise FormatError(f"{path}, line {number}: expected a JSON object")
+    for number, row in parse_json_lines(_lines(path), path, FormatError):
         for field, types, what in required:
             if field not in row:
-                raise FormatError(f"{path}, line {number}: field {field!r} is missing")
+                raise FormatError(f"{path}:{number}: field {field!r} is missing")
             value = row[field]
             if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
-                raise FormatError(f"{path}, line {number}: field {field!r} must be {what}, "
+                raise FormatError(f"{path}:{number}: field {field!r} must be {what}, "
                                   f"got {type(value).__name__}")
         rows.append((number, row))
     return rows
@@ -98,7 +91,7 @@ def _unique_ids(path, items):
     seen = {}
     for number, item_id in items:
         if item_id in seen:
-            raise FormatError(f"{path}, line {number}: id {item_id} already on line {seen[item_id]}")
+            raise FormatError(f"{path}:{number}: id {item_id} already on line {seen[item_id]}")
         seen[item_id] = number
 
 
@@ -120,14 +113,14 @@ def _csv_rows(path, column_patterns):
     for name, pattern in column_patterns.items():
         found = [i for i, h in enumerate(header) if re.match(pattern, h, re.I)]
         if len(found) != 1:
-            raise FormatError(f"{path}, line 1: expected one {name} column in the header, got {header}")
+            raise FormatError(f"{path}:1: expected one {name} column in the header, got {header}")
         columns[name] = found[0]
     out = []
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            raise FormatError(f"{path}, line {number}: {len(row)} fields, the header has {len(header)}")
+            raise FormatError(f"{path}:{number}: {len(row)} fields, the header has {len(header)}")
         out.append({name: row[i].strip() for name, i in columns.items()})
     return out
 
@@ -163,10 +156,10 @@ def _reference_jsonl(path):
     for number, r in rows:
         refs = r["references"]
         if not refs or not all(isinstance(x, str) for x in refs):
-            raise FormatError(f"{path}, line {number}: field 'references' must be a non-empty list of strings")
+            raise FormatError(f"{path}:{number}: field 'references' must be a non-empty list of strings")
         seen = r.get("seen")
         if seen is not None and not isinstance(seen, bool):
-            raise FormatError(f"{path}, line {number}: field 'seen' must be true or false")
+            raise FormatError(f"{path}:{number}: field 'seen' must be true or false")
         out.append(Reference(id=r["id"], references=[x.strip() for x in refs], context=r.get("context"),
                              category=r.get("category"), seen=seen))
     return out

@@ -146,7 +146,7 @@ def seed_protocol_line(model, prompt, device):
     cache = model.new_cache(BEAM, SEQ_LEN + EVAL_LEN)
     logits = model(ids, attention_mask=mask[:, :SEQ_LEN], cache=cache)[:, len(q) - 1]  # LM head on all 512 positions
     beam_scores = torch.zeros(1, BEAM, device=device)
-    history = None
+    history = token = None
     best_score, best = None, None
     for i in range(EVAL_LEN):
         if i > 0:

@@ -9,12 +9,11 @@
 # PYTHON (default python), STEPS (training steps per run, default 30), BENCH=0 skips the benchmark,
 # COMPILE=1 adds a --compile run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"  # ROOT, the venv, PYTHONPATH, PY
+cd "$ROOT"
 OUT_DIR="${1:-${OUT:-/tmp/gpu_check}}"
-PY="${PYTHON:-python}"
 STEPS="${STEPS:-30}"
 mkdir -p "$OUT_DIR"
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 
 "$PY" - <<'PYEOF'
 import torch

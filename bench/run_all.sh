@@ -11,13 +11,8 @@
 # that fails is reported in the table; the exit status is then 1.
 set -euo pipefail
 CALLER="$PWD"
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"  # ROOT, the venv, PYTHONPATH, PY
 cd "$ROOT"
-if [[ -z "${VIRTUAL_ENV:-}" && -x .venv/bin/python ]]; then
-  # shellcheck disable=SC1091
-  source .venv/bin/activate
-fi
-PY="${PYTHON:-python}"
 QUICK=0
 OUT="$ROOT/bench_out"
 ONLY="train,beam,eval"

@@ -4,11 +4,5 @@
 #   eval/eval.sh --install-punkt        # fetch nltk's English Punkt model from PyPI, once
 # See eval/README.md. Uses the repository's .venv when no virtual environment is active.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -z "${VIRTUAL_ENV:-}" && -x "$ROOT/.venv/bin/python" ]]; then
-  PYTHON="$ROOT/.venv/bin/python"
-else
-  PYTHON="${PYTHON:-python3}"
-fi
-export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PYTHON" -m lora_nlg.metrics.evaluate --data-dir "$ROOT/data" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"  # ROOT, the venv, PYTHONPATH, PY
+exec "$PY" -m lora_nlg.metrics.evaluate --data-dir "$ROOT/data" "$@"

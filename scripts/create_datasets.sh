@@ -6,11 +6,7 @@
 # it exists) or are downloaded from the official URLs in data/sources.json into data/cache/; their
 # sha256 is checked either way. Re-running rebuilds only what is out of date.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [[ -z "${VIRTUAL_ENV:-}" && -x .venv/bin/python ]]; then
-  # shellcheck disable=SC1091
-  source .venv/bin/activate
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
 datasets=()
 flags=()
 while (($#)); do
@@ -26,5 +22,4 @@ while (($#)); do
   shift
 done
 ((${#datasets[@]})) || datasets=(all)
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-exec python -m lora_nlg.prepare --datasets "${datasets[@]}" ${flags[@]+"${flags[@]}"}
+exec "$PY" -m lora_nlg.prepare --datasets "${datasets[@]}" ${flags[@]+"${flags[@]}"}

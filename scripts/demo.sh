@@ -30,17 +30,11 @@
 # not what LoRA on GPT-2 M reaches (scripts/run.sh e2e on a GPU does that).
 set -euo pipefail
 CALLER="$PWD"
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
 cd "$ROOT"
-if [[ -z "${VIRTUAL_ENV:-}" && -x .venv/bin/python ]]; then
-  # shellcheck disable=SC1091
-  source .venv/bin/activate
-fi
-export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 # One thread per process unless set: on 2 cores shared with anything else, torch's two threads wait
 # on each other at every operation and a tiny model's step takes 3 to 6 times as long.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-PY="${PYTHON:-python}"
 
 die() { echo "demo.sh: error: $*" >&2; exit 2; }
 path() { [[ "$1" == /* ]] && echo "$1" || echo "$CALLER/$1"; }

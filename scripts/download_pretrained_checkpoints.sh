@@ -3,8 +3,8 @@
 #   bash scripts/download_pretrained_checkpoints.sh [gpt2.sm gpt2.md gpt2.lg gpt2.xl] [--mirror DIR]
 # Default: gpt2.sm gpt2.md gpt2.lg (as the seed's script). Offline: --mirror DIR or NLG_MODEL_MIRROR.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[[ -n "${VIRTUAL_ENV:-}" || ! -x .venv/bin/python ]] || source .venv/bin/activate
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
+cd "$ROOT"
 args=("$@")
 if [[ ${#args[@]} -eq 0 || "${args[0]}" == --* ]]; then args=(gpt2.sm gpt2.md gpt2.lg "${args[@]}"); fi
-PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} exec python -m lora_nlg.pretrained "${args[@]}"
+exec "$PY" -m lora_nlg.pretrained "${args[@]}"

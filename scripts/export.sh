@@ -7,6 +7,5 @@
 #   bash scripts/export.sh import seed   SEED.pt OUT.safetensors --lora_dim 4 --lora_alpha 32 --model_card gpt2.md
 # Paths are taken relative to the current directory (the script does not cd).
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-[[ -n "${VIRTUAL_ENV:-}" || ! -x "$ROOT/.venv/bin/python" ]] || source "$ROOT/.venv/bin/activate"
-exec python "$ROOT/src/lora_export.py" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
+exec "$PY" "$ROOT/src/lora_export.py" "$@"

@@ -38,14 +38,8 @@
 #   anything else      goes to gpt2_ft.py after the config (e.g. --max_step 100 --lr 0.001 --resume)
 set -euo pipefail
 CALLER="$PWD"
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
 cd "$ROOT"
-if [[ -z "${VIRTUAL_ENV:-}" && -x .venv/bin/python ]]; then
-  # shellcheck disable=SC1091
-  source .venv/bin/activate
-fi
-export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
-PY="${PYTHON:-python}"
 
 die() { echo "run.sh: error: $*" >&2; exit 2; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }

@@ -6,7 +6,6 @@
 # (--mirror DIR, else $NLG_DATA_MIRROR, else ../shared/data). Writes results.md, results.json and
 # scaling_study.png into --out_dir.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[[ -n "${VIRTUAL_ENV:-}" || ! -x .venv/bin/python ]] || source .venv/bin/activate
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-exec python -m lora_nlg.scaling_study "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
+cd "$ROOT"
+exec "$PY" -m lora_nlg.scaling_study "$@"

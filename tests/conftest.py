@@ -90,3 +90,24 @@ def tiny_model(hf_tiny_dir):
 def token_ids() -> torch.Tensor:
     g = torch.Generator().manual_seed(7)
     return torch.randint(0, TINY["vocab_size"], (3, 16), generator=g)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny models are many small ops (OpenMP waits cost more
+    than they gain), and results match subprocesses run with OMP_NUM_THREADS=1 bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def punkt_model():
+    """nltk's English Punkt model: found, or fetched from PyPI (``punkt.install_punkt``)."""
+    from lora_nlg.metrics import punkt
+
+    try:
+        return punkt.find_punkt() or punkt.install_punkt()
+    except punkt.PunktNotFoundError as e:
+        pytest.fail(f"nltk's English Punkt model is required here and could not be installed: {e}")

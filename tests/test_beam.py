@@ -30,15 +30,9 @@ from lora_nlg.model import GPT2Config, GPT2LMModel
 PROMPTS = [[5, 17, 33, 2], [9, 8, 7, 6, 5, 4, 3], [42], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
            [60, 61], [77, 3, 77, 3, 77], [12, 99, 0, 45, 45, 45]]
 
+# Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture
 def model(tiny_model):

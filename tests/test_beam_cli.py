@@ -22,15 +22,9 @@ FLAGS = ["--beam", "3", "--eval_len", "12", "--length_penalty", "0.8", "--no_rep
          "--eos_token_id", "40", "--batch_size", "3"]
 STORED_ALPHA = 8.0
 
+# Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def _lora_tensors(model, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -3,22 +3,15 @@ files and from the seed's; checked with the scorers' own reading rules on the re
 import json
 
 import pytest
-import torch
 
 from lora_nlg import datasets as D
 from lora_nlg.decode_files import main, standard_tokenize
 from lora_nlg.sources import default_mirror
 from lora_nlg.tokenizer import GPT2Tokenizer
 
+# Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def mirror():

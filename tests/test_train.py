@@ -87,15 +87,6 @@ def run(cmd, timeout=240, **kw):
     return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, **kw)
 
 
-@pytest.fixture
-def one_thread():
-    """Match subprocesses run with OMP_NUM_THREADS=1 bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------- a short run
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,10 @@ Peak memory: ``torch.cuda.max_memory_allocated`` during one step on CUDA; on the
 resident set (VmHWM) of a fresh child process running two steps of that method alone.
 On the CPU the table also gives process CPU time per step: on a shared machine wall time
 depends on the neighbours, CPU time on the work.
+GFLOP/step: matrix-multiply and attention FLOPs of forward plus backward
+(``torch.utils.flop_counter``), counted over the same first ``FLOP_BATCHES`` batches for every
+method. Their ratio is the speed-up a compute-bound device (a CPU at full load) can give at most
+without overhead savings; on a GPU at these small shapes per-operation overhead dominates instead.
 """
 import argparse
 import json
@@ -47,6 +51,7 @@ from lora_nlg.optim import build_optimizer  # noqa: E402
 from lora_nlg.train import token_loss_sum  # noqa: E402
 
 SEED_PAD_TO = 512
+FLOP_BATCHES = 2
 METHODS = ("ours", "peft", "seed")  # and "ours+compile" with --compile
 
 
@@ -164,6 +169,18 @@ def time_steps(method: Method, n: int):
     return out
 
 
+def gflop_per_step(method: Method) -> float:
+    """Mean counted GFLOP of one optimizer step over the first ``FLOP_BATCHES`` batches."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    method.i, total = 0, 0
+    for _ in range(FLOP_BATCHES):
+        with FlopCounterMode(display=False) as counter:
+            method.step()
+        total += counter.get_total_flops()
+    return total / FLOP_BATCHES / 1e9
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited across exec)."""
     with open("/proc/self/status", encoding="ascii") as f:
@@ -234,6 +251,7 @@ def main(argv=None):
             times[m.name] += time_steps(m, steps[m.name])
     if device.type == "cpu":
         peak = {m.name: child_peak_rss(m.name, args) for m in methods}
+    gflop = {m.name: gflop_per_step(m) for m in methods}
 
     # Real (non-padding) tokens and examples per batch are the same for every method.
     real_tokens = statistics.mean(batch_tokens)
@@ -243,17 +261,18 @@ def main(argv=None):
         t = statistics.median(w for w, _ in times[m.name])
         cpu = statistics.median(c for _, c in times[m.name])
         rows[m.name] = dict(ms_per_step=1000 * t, cpu_ms_per_step=1000 * cpu, tokens_per_s=real_tokens / t,
-                            examples_per_s=args.batch_size / t, peak_mib=peak.get(m.name),
+                            examples_per_s=args.batch_size / t, peak_mib=peak.get(m.name), gflop_per_step=gflop[m.name],
                             trainable=m.trainable, steps=len(times[m.name]))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device {device_name} | {args.precision} | GPT-2 S random weights | batch {args.batch_size} | "
           f"data {source} (mean length {statistics.mean(lengths):.1f} tokens) | torch {torch.__version__}")
     print(f"{'method':<12} {'ms/step':>10} {'CPU ms/step':>11} {'tokens/s':>10} {'examples/s':>11} {'peak MiB':>10} "
-          f"{'trainable':>10} {'steps':>6}")
+          f"{'GFLOP/step':>10} {'trainable':>10} {'steps':>6}")
     for name, r in rows.items():
         peak_s = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "n/a"
         print(f"{name:<12} {r['ms_per_step']:>10.1f} {r['cpu_ms_per_step']:>11.1f} {r['tokens_per_s']:>10.0f} "
-              f"{r['examples_per_s']:>11.1f} {peak_s:>10} {r['trainable']:>10,} {r['steps']:>6}")
+              f"{r['examples_per_s']:>11.1f} {peak_s:>10} {r['gflop_per_step']:>10.1f} {r['trainable']:>10,} "
+              f"{r['steps']:>6}")
     ratios = {}
     if "ours+compile" in rows and "peft" in rows:
         ratios["ours+compile speed vs transformers+PEFT (per step)"] = rows["peft"]["ms_per_step"] / rows["ours+compile"]["ms_per_step"]
@@ -261,6 +280,7 @@ def main(argv=None):
         ratios["speed vs transformers+PEFT (per step, target >= 1.3)"] = rows["peft"]["ms_per_step"] / rows["ours"]["ms_per_step"]
         if device.type == "cpu":  # a busy machine skews wall time; CPU time counts the work done
             ratios["CPU time vs transformers+PEFT (per step)"] = rows["peft"]["cpu_ms_per_step"] / rows["ours"]["cpu_ms_per_step"]
+        ratios["FLOPs of transformers+PEFT / ours (compute-bound ceiling)"] = rows["peft"]["gflop_per_step"] / rows["ours"]["gflop_per_step"]
     if "ours" in rows and "seed" in rows:
         ratios["examples/s vs seed method (target >= 4)"] = rows["ours"]["examples_per_s"] / rows["seed"]["examples_per_s"]
     for k, v in ratios.items():

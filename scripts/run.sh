@@ -184,22 +184,19 @@ PREP=(bash scripts/create_datasets.sh "$DATASET" --data_dir "$DATA_DIR")
 step prepare-data "${PREP[@]}"
 D="$DATA_DIR/$FOLDER"
 TRAIN="$D/train.jsonl"; VALID="$D/valid.jsonl"; DEV="$D/valid_unique.jsonl"; TEST="$D/test_unique.jsonl"
-if [[ -n "$LIMIT_TRAIN" ]]; then
-  step subset-train "$PY" -m lora_nlg.subset "$TRAIN" "$OUT/data/train.jsonl" --sample "$LIMIT_TRAIN" --seed 0
-  TRAIN="$OUT/data/train.jsonl"
-fi
-if [[ -n "$LIMIT_VALID" ]]; then
-  step subset-valid "$PY" -m lora_nlg.subset "$VALID" "$OUT/data/valid.jsonl" --sample "$LIMIT_VALID" --seed 0
-  VALID="$OUT/data/valid.jsonl"
-fi
-if [[ -n "$LIMIT_DEV" ]]; then
-  step subset-dev "$PY" -m lora_nlg.subset "$DEV" "$OUT/data/valid_unique.jsonl" --sample "$LIMIT_DEV" --seed 0
-  DEV="$OUT/data/valid_unique.jsonl"
-fi
-if [[ -n "$LIMIT_TEST" ]]; then
-  step subset-test "$PY" -m lora_nlg.subset "$TEST" "$OUT/data/test_unique.jsonl" --sample "$LIMIT_TEST" --seed 0
-  TEST="$OUT/data/test_unique.jsonl"
-fi
+# limit NAME VAR N: with N set, the file named by $VAR becomes N of its records drawn at random
+# (seeded) into $OUT/data/, by step subset-NAME.
+limit() {
+  local -n file="$2"
+  [[ -n "$3" ]] || return 0
+  local subset="$OUT/data/$(basename "$file")"
+  step "subset-$1" "$PY" -m lora_nlg.subset "$file" "$subset" --sample "$3" --seed 0
+  file="$subset"
+}
+limit train TRAIN "$LIMIT_TRAIN"
+limit valid VALID "$LIMIT_VALID"
+limit dev DEV "$LIMIT_DEV"
+limit test TEST "$LIMIT_TEST"
 
 # ------------------------------------------------------------------------------ backbone
 BACKBONE=()

@@ -19,9 +19,14 @@ GPT-2's own init would hide (a wrong GELU, a dropped bias, LayerNorms swapped) c
 - ``tiny_model``: our ``GPT2LMModel`` loaded from ``hf_tiny_dir`` through
   ``lora_nlg.checkpoint.load_pretrained`` (per test, eval mode).
 - ``token_ids``: a (3, 16) LongTensor of random token ids below the tiny vocab, fixed seed.
+
+Data (session-wide, read only): ``mirror``, the raw data mirror (NLG_DATA_MIRROR or
+../shared/data; the test fails without it); ``prepared``, ``create_datasets all`` run on it
+offline once per test process (``prepared_data.py``).
 """
 import os
 
+import prepared_data
 import pytest
 import torch
 import transformers
@@ -111,3 +116,13 @@ def punkt_model():
         return punkt.find_punkt() or punkt.install_punkt()
     except punkt.PunktNotFoundError as e:
         pytest.fail(f"nltk's English Punkt model is required here and could not be installed: {e}")
+
+
+@pytest.fixture(scope="session")
+def mirror():
+    return prepared_data.mirror()
+
+
+@pytest.fixture(scope="session")
+def prepared():
+    return prepared_data.prepared_dir()

@@ -1,5 +1,5 @@
-"""`create_datasets all` on the real mirror, run once per test process and shared by the test
-files that need its outputs (test_datasets.py, test_tokenizer.py). Not a test module."""
+"""`create_datasets all` on the real mirror, run once per test process and shared through
+conftest's ``mirror`` and ``prepared`` fixtures. Not a test module."""
 import atexit
 import functools
 import shutil

@@ -9,7 +9,6 @@ import torch
 from lora_nlg import datasets as D
 from lora_nlg import prepare
 from lora_nlg.batching import BucketBatchSampler, FTDataset, collate, read_encoded, read_unique
-from lora_nlg.sources import default_mirror
 from lora_nlg.tokenizer import GPT2Tokenizer
 
 
@@ -274,9 +273,8 @@ def test_load_state_dict_refuses_a_different_setup():
         BucketBatchSampler(list(range(10)), 4, world_size=2, rank=2)
 
 
-def test_real_e2e_valid_padding(tmp_path):
+def test_real_e2e_valid_padding(tmp_path, mirror):
     """On E2E valid, encoded for real: bucketed batches of 8 waste little; the seed's 512 wastes most."""
-    mirror = default_mirror()
     tok = GPT2Tokenizer.from_dir(mirror / "gpt2-vocab")
     prepare.write_split(tmp_path, "valid", D.read_e2e_csv(mirror / "e2e" / "devset.csv"), tok)
     ds = FTDataset(read_encoded(tmp_path / "valid.jsonl"), seq_len=512)

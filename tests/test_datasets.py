@@ -17,7 +17,6 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import prepared_data
 import pytest
 
 from lora_nlg import datasets as D
@@ -27,17 +26,6 @@ from lora_nlg.tokenizer import GPT2Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = {"e2e": "e2e", "webnlg": "webnlg_challenge_2017", "dart": "dart"}
-
-
-@pytest.fixture(scope="session")
-def mirror():
-    return prepared_data.mirror()
-
-
-@pytest.fixture(scope="session")
-def prepared():
-    """`create_datasets all` on the real mirror, offline, once per test process."""
-    return prepared_data.prepared_dir()
 
 
 @pytest.fixture(scope="session")

@@ -6,19 +6,10 @@ import pytest
 
 from lora_nlg import datasets as D
 from lora_nlg.decode_files import main, standard_tokenize
-from lora_nlg.sources import default_mirror
 from lora_nlg.tokenizer import GPT2Tokenizer
 
 # Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine).
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def mirror():
-    m = default_mirror()
-    if m is None:
-        pytest.fail("raw data mirror not found: set NLG_DATA_MIRROR or provide ../shared/data")
-    return m
 
 
 def e2e_read_lines(path, multi_ref=False):

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-import prepared_data
 from lora_nlg import loss_plot, model_selection, results_table, subset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,21 +38,11 @@ def run_script(args, timeout=600):
                           text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def data_dir():
-    return prepared_data.prepared_dir()
-
-
-@pytest.fixture(scope="module")
-def mirror():
-    return prepared_data.mirror()
-
-
 # ------------------------------------------------------------------------------ end to end
 
-def test_demo_quick_writes_every_e2e_metric_and_a_loss_plot(data_dir, mirror, tmp_path):
+def test_demo_quick_writes_every_e2e_metric_and_a_loss_plot(prepared, mirror, tmp_path):
     out = tmp_path / "demo"
-    r = run_script([REPO / "scripts/demo.sh", "--quick", "--out", out, "--data_dir", data_dir,
+    r = run_script([REPO / "scripts/demo.sh", "--quick", "--out", out, "--data_dir", prepared,
                     "--data_mirror", mirror])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
@@ -78,9 +67,9 @@ def test_demo_quick_writes_every_e2e_metric_and_a_loss_plot(data_dir, mirror, tm
     assert meta["init_checkpoint"].endswith(os.path.join("pretrain", "checkpoints", "step-30", "model"))
 
 
-def test_run_sh_tiny_runs_every_step(data_dir, mirror, tmp_path):
+def test_run_sh_tiny_runs_every_step(prepared, mirror, tmp_path):
     out = tmp_path / "run"
-    r = run_script([REPO / "scripts/run.sh", "e2e", "--tiny", "--out", out, "--data_dir", data_dir,
+    r = run_script([REPO / "scripts/run.sh", "e2e", "--tiny", "--out", out, "--data_dir", prepared,
                     "--data_mirror", mirror, "--no_download", "--limit_train", 64, "--limit_valid", 32,
                     "--limit_eval", 3, "--log_interval", 4, "--tensorboard", "false"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -113,12 +102,12 @@ def test_run_sh_tiny_runs_every_step(data_dir, mirror, tmp_path):
 
 # ------------------------------------------------------------------------------ failures
 
-def test_run_sh_stops_at_the_failing_step_and_names_it(data_dir, tmp_path):
+def test_run_sh_stops_at_the_failing_step_and_names_it(prepared, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((REPO / "configs" / "tiny.yaml").read_text() + "lora_rank: 4\n")  # not a training key
     out = tmp_path / "run"
     r = run_script([REPO / "scripts/run.sh", "e2e", "--tiny", "--config", bad, "--out", out,
-                    "--data_dir", data_dir, "--no_download", "--limit_train", 16, "--limit_eval", 2])
+                    "--data_dir", prepared, "--no_download", "--limit_train", 16, "--limit_eval", 2])
     assert r.returncode != 0
     assert "run.sh: step 'train-110' failed" in r.stderr
     assert "unknown key(s) ['lora_rank']" in r.stdout + r.stderr

@@ -16,18 +16,12 @@ import json
 import os
 from pathlib import Path
 
-import prepared_data
 import pytest
 import regex
 
 from lora_nlg import datasets as D
 from lora_nlg import tokenizer as T
 from lora_nlg.tokenizer import GPT2Tokenizer, default_vocab_dir
-
-
-@pytest.fixture(scope="module")
-def mirror():
-    return prepared_data.mirror()
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +51,9 @@ EDGE_TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def all_texts(mirror):
+def all_texts(mirror, prepared):
     """Every context and completion of every prepared split (E2E, WebNLG, DART valid/test: the
     texts our files encode) and of the seed's E2E valid.txt / test.txt (Moses-tokenized)."""
-    prepared = prepared_data.prepared_dir()
     texts = set(EDGE_TEXTS)
     n = 0
     for path in sorted(prepared.glob("*/*_formatted.jsonl")):

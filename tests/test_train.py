@@ -24,7 +24,6 @@ from lora_nlg import datasets as D
 from lora_nlg.checkpoint import load_lora, load_pretrained, save_pretrained
 from lora_nlg.model import GPT2Config, GPT2LMModel
 from lora_nlg.prepare import encode_pairs
-from lora_nlg.sources import default_mirror
 from lora_nlg.tokenizer import GPT2Tokenizer
 from lora_nlg.train import main
 
@@ -33,12 +32,9 @@ GPT2_FT = str(REPO / "src" / "gpt2_ft.py")
 
 
 @pytest.fixture(scope="session")
-def e2e_data(tmp_path_factory):
+def e2e_data(tmp_path_factory, mirror):
     """train.jsonl (256 pairs), valid.jsonl (64 pairs of other MRs) and train64.jsonl (the first 64
     pairs) from the E2E dev set."""
-    mirror = default_mirror()
-    if mirror is None:
-        pytest.fail("the data mirror is missing: set NLG_DATA_MIRROR to the folder holding e2e/devset.csv")
     pairs = D.read_e2e_csv(mirror / "e2e" / "devset.csv")
     encoded, _ = encode_pairs(GPT2Tokenizer.from_dir(), pairs[:256] + pairs[3000:3064])
     folder = tmp_path_factory.mktemp("e2e")

@@ -25,10 +25,11 @@ from lora_nlg.metrics.references import FormatError, pair, read_predictions, rea
 BLEU_VARIANT = {"e2e": "mteval", "webnlg": "multi-bleu-detok", "dart": "multi-bleu-detok"}
 
 
-def dev_bleu(dataset: str, predictions: str, references: str) -> float:
-    """Corpus BLEU of ``predictions`` (every input once, all its references; subset ``all``)."""
+def dev_bleu(dataset: str, predictions: str, refs, references: str) -> float:
+    """Corpus BLEU of ``predictions`` (every input once, all its references; subset ``all``) against
+    ``refs``, read from the file ``references``."""
     found, keyed_by = read_predictions(predictions)
-    pairs = pair(found, keyed_by, read_references(references), predictions, references)
+    pairs = pair(found, keyed_by, refs, predictions, references)
     prepared = protocol.prepare(pairs, dataset, "official")
     rows = prepared.subsets["all"]
     return bleu([prepared.hyps[i] for i in rows], [prepared.refs[i] for i in rows], BLEU_VARIANT[dataset])
@@ -38,8 +39,9 @@ def select(dataset: str, references: str, candidates: List[Tuple[str, str]]) -> 
     """Score every (name, predictions) pair; the report names the best."""
     if not candidates:
         raise ValueError("no candidates to choose from")
-    scores = {name: dev_bleu(dataset, path, references) for name, path in candidates}
-    best = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+    refs = read_references(references)
+    scores = {name: dev_bleu(dataset, path, refs, references) for name, path in candidates}
+    best = max(scores, key=scores.get)  # the first of equal scores
     return {"dataset": dataset, "metric": f"BLEU ({BLEU_VARIANT[dataset]}, official protocol, dev set)",
             "references": references, "predictions": dict(candidates), "scores": scores, "chosen": best}
 

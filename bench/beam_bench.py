@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 from lora_nlg.batching import read_encoded, read_unique  # noqa: E402
-from lora_nlg.beam import BeamSettings, beam_search  # noqa: E402
+from lora_nlg.beam import BeamSettings, beam_search, left_pad  # noqa: E402
 from lora_nlg.checkpoint import save_pretrained  # noqa: E402
 from lora_nlg.model import GPT2Config, GPT2LMModel  # noqa: E402
 
@@ -91,13 +91,9 @@ def timed(fn, device):
 
 def hf_generate(hf, prompts, device, ngram):
     """transformers' beam search on one left-padded batch."""
-    P = max(map(len, prompts))
-    ids = torch.full((len(prompts), P), 50256, dtype=torch.long)
-    mask = torch.zeros(len(prompts), P, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p)
-        mask[i, P - len(p):] = 1
-    seqs = hf.generate(ids.to(device), attention_mask=mask.to(device), num_beams=BEAM, do_sample=False,
+    ids, mask = left_pad(prompts, device, pad_id=50256)
+    P = ids.shape[1]
+    seqs = hf.generate(ids, attention_mask=mask.long(), num_beams=BEAM, do_sample=False,
                        max_new_tokens=EVAL_LEN, min_new_tokens=EVAL_LEN, length_penalty=LP,
                        early_stopping=False, eos_token_id=list(STOPS), pad_token_id=50256,
                        no_repeat_ngram_size=ngram)

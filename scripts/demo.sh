@@ -95,7 +95,7 @@ step run.sh bash scripts/run.sh e2e --tiny --init_checkpoint "$BACKBONE" --out "
     --eval_interval $((LORA_TRAIN / 32)) --save_interval 100000 --tensorboard false
 REPORT="$(ls "$OUT"/run/seed-*/test/eval.official.json 2>/dev/null | head -n 1)"
 [[ -n "$REPORT" ]] || fail run.sh "no evaluation report under $OUT/run"
-cp "$REPORT" "$OUT/metrics.json"
+cp "$REPORT" "$OUT/metrics.json.tmp" && mv "$OUT/metrics.json.tmp" "$OUT/metrics.json"  # never half-written
 
 # 4. The loss curves of both stages.
 SEED_DIR="$(dirname "$(dirname "$REPORT")")"

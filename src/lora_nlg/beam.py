@@ -172,9 +172,11 @@ def _device(model):
     return model.transformer.wte.weight.device
 
 
-def _left_pad(prompts, device):
+def left_pad(prompts, device=None, pad_id: int = 0):
+    """(ids, mask), both (N, P): the prompts right-aligned, ``pad_id`` before them, mask True on
+    the real tokens."""
     P = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), P, dtype=torch.long)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), P, dtype=torch.bool)
     for i, p in enumerate(prompts):
         ids[i, P - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
@@ -188,7 +190,7 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
     device = _device(model)
     N, K, V, T = len(prompts), s.beam, model.config.vocab_size, s.eval_len
     lp = s.length_penalty
-    prompt, prompt_mask = _left_pad(prompts, device)  # (N, P)
+    prompt, prompt_mask = left_pad(prompts, device)  # (N, P)
     P = prompt.shape[1]
     if P + T > model.config.n_positions:
         raise ValueError(f"prompt of {P} tokens + eval_len {T} exceeds the model's {model.config.n_positions} positions")

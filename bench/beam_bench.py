@@ -45,9 +45,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
-from lora_nlg.batching import read_encoded, read_unique  # noqa: E402
+from lora_nlg.data.files import read_encoded, read_unique  # noqa: E402
 from lora_nlg.beam import BeamSettings, beam_search, left_pad  # noqa: E402
-from lora_nlg.checkpoint import save_pretrained  # noqa: E402
+from lora_nlg.weights.backbone import save_pretrained  # noqa: E402
 from lora_nlg.model import GPT2Config, GPT2LMModel  # noqa: E402
 
 STOPS = (50256, 628)

@@ -22,7 +22,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
 
-from lora_nlg.batching import BucketBatchSampler, FTDataset, read_encoded  # noqa: E402
+from lora_nlg.data.batching import BucketBatchSampler, FTDataset  # noqa: E402
+from lora_nlg.data.files import read_encoded  # noqa: E402
 from lora_nlg.cli import parse_config  # noqa: E402
 
 

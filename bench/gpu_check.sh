@@ -31,9 +31,9 @@ else
   "$PY" - "$OUT_DIR" <<'PYEOF'
 import json, sys
 from lora_nlg import datasets as D
-from lora_nlg.prepare import encode_pairs
-from lora_nlg.sources import default_mirror
-from lora_nlg.tokenizer import GPT2Tokenizer
+from lora_nlg.data.prepare import encode_pairs
+from lora_nlg.data.sources import default_mirror
+from lora_nlg.data.tokenizer import GPT2Tokenizer
 out = sys.argv[1]
 mirror = default_mirror()
 assert mirror is not None, "no data/e2e and no data mirror: run scripts/create_datasets.sh e2e or set NLG_DATA_MIRROR"

@@ -44,11 +44,12 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from lora_nlg.batching import BucketBatchSampler, FTDataset, collate, read_encoded  # noqa: E402
+from lora_nlg.data.batching import BucketBatchSampler, FTDataset, collate  # noqa: E402
+from lora_nlg.data.files import read_encoded  # noqa: E402
 from lora_nlg.lora import LoRAConfig, apply_lora, mark_only_lora_as_trainable  # noqa: E402
 from lora_nlg.model import GPT2Config, GPT2LMModel  # noqa: E402
-from lora_nlg.optim import build_optimizer  # noqa: E402
-from lora_nlg.train import token_loss_sum  # noqa: E402
+from lora_nlg.train.optim import build_optimizer  # noqa: E402
+from lora_nlg.train.loop import token_loss_sum  # noqa: E402
 
 SEED_PAD_TO = 512
 FLOP_BATCHES = 2
@@ -59,10 +60,10 @@ def load_examples(limit: int):
     path = REPO / "data" / "e2e" / "train.jsonl"
     if path.is_file():
         return read_encoded(path)[:limit] if limit else read_encoded(path), str(path)
-    from lora_nlg import datasets as D
-    from lora_nlg.prepare import encode_pairs
-    from lora_nlg.sources import default_mirror
-    from lora_nlg.tokenizer import GPT2Tokenizer
+    from lora_nlg.data import raw as D
+    from lora_nlg.data.prepare import encode_pairs
+    from lora_nlg.data.sources import default_mirror
+    from lora_nlg.data.tokenizer import GPT2Tokenizer
 
     source = default_mirror() / "e2e" / "trainset.csv.xz"
     pairs = D.read_e2e_csv(source)

@@ -22,4 +22,4 @@ while (($#)); do
   shift
 done
 ((${#datasets[@]})) || datasets=(all)
-exec "$PY" -m lora_nlg.prepare --datasets "${datasets[@]}" ${flags[@]+"${flags[@]}"}
+exec "$PY" -m lora_nlg.data.prepare --datasets "${datasets[@]}" ${flags[@]+"${flags[@]}"}

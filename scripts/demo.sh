@@ -76,7 +76,7 @@ RAW=(bash scripts/create_datasets.sh e2e --data_dir "$DATA_DIR" --no_download)
 step prepare-data "${RAW[@]}"
 
 # 2. The stand-in for pretraining: full training of a random gpt2.tiny, loss on every token.
-step subset-pretrain-valid "$PY" -m lora_nlg.subset "$DATA_DIR/e2e/valid.jsonl" "$OUT/pretrain_valid.jsonl" \
+step subset-pretrain-valid "$PY" -m lora_nlg.data.subset "$DATA_DIR/e2e/valid.jsonl" "$OUT/pretrain_valid.jsonl" \
     --sample "$PRE_VALID" --seed 1
 step pretrain "$PY" src/gpt2_ft.py --config configs/tiny.yaml --train_data "$DATA_DIR/e2e/train.jsonl" \
     --valid_data "$OUT/pretrain_valid.jsonl" --lora_dim 0 --lora_dropout 0 --label_smooth 0 --obj jlm \
@@ -99,7 +99,7 @@ cp "$REPORT" "$OUT/metrics.json.tmp" && mv "$OUT/metrics.json.tmp" "$OUT/metrics
 
 # 4. The loss curves of both stages.
 SEED_DIR="$(dirname "$(dirname "$REPORT")")"
-step plot "$PY" -m lora_nlg.loss_plot --out "$OUT/loss.png" \
+step plot "$PY" -m lora_nlg.pipeline.loss_plot --out "$OUT/loss.png" \
     "stand-in pretraining (full, joint LM)=$OUT/pretrain" "LoRA fine-tuning on E2E=$SEED_DIR"
 
 echo

@@ -10,10 +10,10 @@
 #   then for each seed S:
 #   train-S           torchrun --nproc_per_node N src/gpt2_ft.py --config CONFIG ...  -> OUT/seed-S/
 #   decode-dev-S-C    src/gpt2_beam.py on the dev inputs with each epoch's checkpoint C -> OUT/seed-S/dev/C.jsonl
-#   select-S          dev BLEU of each C (lora_nlg.model_selection)                  -> OUT/seed-S/selection.json
+#   select-S          dev BLEU of each C (lora_nlg.pipeline.model_selection)                  -> OUT/seed-S/selection.json
 #   decode-test-S     src/gpt2_beam.py on the test inputs with the chosen checkpoint -> OUT/seed-S/test/predictions.jsonl
 #   eval-P-S          eval/eval.sh DATASET ... --protocol P (official, paper)        -> OUT/seed-S/test/eval.P.json
-#   results           mean and std over the seeds (lora_nlg.results_table)          -> OUT/results.{md,json}
+#   results           mean and std over the seeds (lora_nlg.pipeline.results_table)          -> OUT/results.{md,json}
 # Every command and its duration goes to OUT/run.log, each step's output to OUT/logs/<step>.log.
 #
 # Options:
@@ -119,7 +119,9 @@ if ((TINY)); then
   TINY_EPOCHS=2
 fi
 CARD="${CARD:-gpt2.md}"
-case "$CARD" in gpt2.sm|gpt2.md|gpt2.lg|gpt2.xl|gpt2.tiny) ;; *) die "--model_card $CARD: choose gpt2.sm, gpt2.md, gpt2.lg, gpt2.xl or gpt2.tiny" ;; esac
+# The dataset's folder and the card's Hub folder, from the catalogue (lora_nlg/catalog.py).
+CATALOG="$("$PY" -m lora_nlg.catalog "$DATASET" "$CARD" 2>&1)" || die "--model_card $CARD: ${CATALOG#catalog: error: }"
+eval "$CATALOG"  # FOLDER, HUB_DIR
 CONFIG="${CONFIG:-configs/$DATASET.yaml}"
 BEAM_CONFIG="${BEAM_CONFIG:-configs/$DATASET.beam.yaml}"
 OUT="${OUT:-runs/${DATASET}_${CARD#gpt2.}}"
@@ -134,13 +136,6 @@ for n in "$LIMIT_TRAIN" "$LIMIT_VALID" "$LIMIT_DEV" "$LIMIT_TEST"; do
 done
 for p in $PROTOCOLS; do [[ "$p" == official || "$p" == paper ]] || die "--protocols: '$p' is not official or paper"; done
 [[ -z "$INIT" || -e "$INIT" ]] || die "--init_checkpoint $INIT: no such file or folder"
-
-case "$DATASET" in
-  e2e) FOLDER=e2e ;;
-  webnlg) FOLDER=webnlg_challenge_2017 ;;
-  dart) FOLDER=dart ;;
-esac
-declare -A HUB=([gpt2.sm]=gpt2 [gpt2.md]=gpt2-medium [gpt2.lg]=gpt2-large [gpt2.xl]=gpt2-xl)
 
 # The config's global batch and first seed (flags given to run.sh win).
 read -r GLOBAL_BATCH BASE_SEED < <("$PY" - "$CONFIG" <<'PYEOF'
@@ -190,7 +185,7 @@ limit() {
   local -n file="$2"
   [[ -n "$3" ]] || return 0
   local subset="$OUT/data/$(basename "$file")"
-  step "subset-$1" "$PY" -m lora_nlg.subset "$file" "$subset" --sample "$3" --seed 0
+  step "subset-$1" "$PY" -m lora_nlg.data.subset "$file" "$subset" --sample "$3" --seed 0
   file="$subset"
 }
 limit train TRAIN "$LIMIT_TRAIN"
@@ -206,7 +201,7 @@ elif [[ "$CARD" != gpt2.tiny ]]; then
   FETCH=(bash scripts/download_pretrained_checkpoints.sh "$CARD" --out pretrained_checkpoints)
   [[ -n "$MODEL_MIRROR" ]] && FETCH+=(--mirror "$MODEL_MIRROR")
   step fetch-gpt2 "${FETCH[@]}"
-  BACKBONE=(--init_checkpoint "pretrained_checkpoints/${HUB[$CARD]}")
+  BACKBONE=(--init_checkpoint "pretrained_checkpoints/$HUB_DIR")
 else
   log "gpt2.tiny without --init_checkpoint: the backbone is random (a pipeline check, not a result);" \
       "checkpoints keep the full model (--save_full) so that decoding needs no backbone"
@@ -214,6 +209,13 @@ else
 fi
 
 # ------------------------------------------------------------------------------ seeds
+# decodable CKPT: what gpt2_beam.py loads from a checkpoint folder: its adapter, or its full model
+# when the backbone is random (--save_full) or there is no adapter (full fine-tuning).
+decodable() {
+  local full=()
+  [[ "${BACKBONE[0]}" == --save_full ]] && full=(--full)
+  "$PY" -m lora_nlg.weights.layout decodable "$1" ${full[@]+"${full[@]}"} 2>&1
+}
 SEED_DIRS=()
 for SEED in $SEED_LIST; do
   W="$OUT/seed-$SEED"
@@ -222,28 +224,22 @@ for SEED in $SEED_LIST; do
       "${BACKBONE[@]}" --train_data "$TRAIN" --valid_data "$VALID" ${PER_RANK[@]+"${PER_RANK[@]}"} \
       ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"} --random_seed "$SEED" --work_dir "$W"
 
-  # Candidates: every epoch's checkpoint; the last one too when training stopped inside an epoch.
+  # Candidates: every epoch's checkpoint; the last one too when training stopped inside an epoch
+  # (lora_nlg/weights/layout.py knows the folder).
   CANDIDATES=()
-  while IFS= read -r name; do CANDIDATES+=("$name"); done < <(
-    ls "$W/checkpoints" 2>/dev/null | grep -E '^epoch-[0-9]+$' | sort -t- -k2 -n)
-  LAST="$(cat "$W/checkpoints/last" 2>/dev/null || true)"
-  if [[ -n "$LAST" && " ${CANDIDATES[*]-} " != *" $LAST "* ]]; then
-    CANDIDATES+=("$LAST")
-  fi
+  while IFS= read -r name; do [[ -n "$name" ]] && CANDIDATES+=("$name"); done < <("$PY" -m lora_nlg.weights.layout candidates "$W")
   ((${#CANDIDATES[@]})) || fail "select-$SEED" "$W/checkpoints holds no checkpoint to choose from"
   SCORED=()
   for C in "${CANDIDATES[@]}"; do
-    CK="$W/checkpoints/$C"
-    [[ -f "$CK/adapter.safetensors" && "${BACKBONE[0]}" != --save_full ]] || CK="$CK/model"
+    CK="$(decodable "$W/checkpoints/$C")" || fail "decode-dev-$SEED-$C" "$CK"
     step "decode-dev-$SEED-$C" "${BEAM_LAUNCH[@]}" src/gpt2_beam.py --config "$BEAM_CONFIG" --data "$DEV" \
         --init_checkpoint "$CK" --work_dir "$W/dev" --output_file "$C.jsonl"
     SCORED+=("$C=$W/dev/$C.jsonl")
   done
-  step "select-$SEED" "$PY" -m lora_nlg.model_selection --dataset "$DATASET" --references "$DEV" \
+  step "select-$SEED" "$PY" -m lora_nlg.pipeline.model_selection --dataset "$DATASET" --references "$DEV" \
       --out "$W/selection.json" "${SCORED[@]}"
   CHOSEN="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen"])' "$W/selection.json")"
-  CK="$W/checkpoints/$CHOSEN"
-  [[ -f "$CK/adapter.safetensors" && "${BACKBONE[0]}" != --save_full ]] || CK="$CK/model"
+  CK="$(decodable "$W/checkpoints/$CHOSEN")" || fail "decode-test-$SEED" "$CK"
   log "seed $SEED: chose $CHOSEN by dev BLEU"
   step "decode-test-$SEED" "${BEAM_LAUNCH[@]}" src/gpt2_beam.py --config "$BEAM_CONFIG" --data "$TEST" \
       --init_checkpoint "$CK" --work_dir "$W/test" --output_file predictions.jsonl
@@ -253,5 +249,5 @@ for SEED in $SEED_LIST; do
   done
 done
 
-step results "$PY" -m lora_nlg.results_table --dataset "$DATASET" --model_card "$CARD" --out_dir "$OUT" "${SEED_DIRS[@]}"
+step results "$PY" -m lora_nlg.pipeline.results_table --dataset "$DATASET" --model_card "$CARD" --out_dir "$OUT" "${SEED_DIRS[@]}"
 log "done in $((SECONDS - RUN_START)) s: $OUT/results.md, $OUT/results.json"

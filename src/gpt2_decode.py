@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lora_nlg.decode_files import main  # noqa: E402
+from lora_nlg.decode.scorer_files import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

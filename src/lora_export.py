@@ -1,108 +1,16 @@
-"""Move LoRA adapters between this project, Hugging Face PEFT, plain transformers and the seed.
+"""Move LoRA adapters between this project, Hugging Face PEFT, plain transformers and upstream.
 
-    python src/lora_export.py export peft   CKPT OUT_DIR [--base_model NAME] [--integer_alpha]
-    python src/lora_export.py export merged CKPT OUT_DIR [--pretrained PATH]
-    python src/lora_export.py import peft   ADAPTER_DIR OUT [--model_card CARD] [--pretrained PATH]
-    python src/lora_export.py import seed   SEED.pt OUT --lora_dim R --lora_alpha A --model_card CARD
+    python src/lora_export.py export peft|merged CKPT OUT_DIR ...
+    python src/lora_export.py import peft|upstream SOURCE OUT ...
 
-CKPT is one of our adapters: a checkpoint folder (``work_dir/checkpoints/<name>``) or its
-``adapter.safetensors``. ``export peft`` writes ``adapter_config.json`` +
-``adapter_model.safetensors`` for ``peft.PeftModel.from_pretrained(GPT2LMHeadModel...)``;
-``export merged`` writes ``config.json`` + ``model.safetensors`` for
-``GPT2LMHeadModel.from_pretrained`` (the backbone is the adapter's ``init_checkpoint`` unless
-``--pretrained`` says otherwise). ``import`` writes our adapter file OUT (``.safetensors``) that
-``gpt2_beam.py`` decodes. The conversions are exact; see ``lora_nlg/peft_adapter.py`` for the
-mapping of the fused c_attn and for what PEFT cannot express. Exit status 1 with a message on
-any file that does not convert.
+Flags: ``python src/lora_export.py --help``; the program: ``lora_nlg/weights/convert.py``.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lora_nlg.checkpoint import CheckpointError  # noqa: E402
-from lora_nlg.lora import SCALING_RULES  # noqa: E402
-from lora_nlg.model import GPT2_SIZES  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lora_export.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    direction = p.add_subparsers(dest="direction", required=True)
-
-    export = direction.add_parser("export", help="our adapter -> PEFT folder or merged GPT-2 folder")
-    fmt = export.add_subparsers(dest="format", required=True)
-    peft = fmt.add_parser("peft", help="a PEFT LoRA adapter folder")
-    peft.add_argument("ckpt", help="our checkpoint folder or adapter .safetensors")
-    peft.add_argument("out", help="output folder")
-    peft.add_argument("--base_model", default=None,
-                      help="base_model_name_or_path to record (default: the Hub name of the model card)")
-    peft.add_argument("--integer_alpha", action="store_true",
-                      help="require an integer lora_alpha (for tools that read it as int); fail if the scale needs a fraction")
-    merged = fmt.add_parser("merged", help="a plain Hugging Face GPT-2 folder with LoRA merged in")
-    merged.add_argument("ckpt", help="our checkpoint folder or adapter .safetensors")
-    merged.add_argument("out", help="output folder")
-    merged.add_argument("--pretrained", default=None,
-                        help="the backbone (Hugging Face folder or weights file); default: the adapter's init_checkpoint")
-
-    imp = direction.add_parser("import", help="PEFT folder or seed .pt -> our adapter")
-    fmt = imp.add_subparsers(dest="format", required=True)
-    peft = fmt.add_parser("peft", help="a PEFT LoRA adapter folder for GPT-2")
-    peft.add_argument("adapter_dir", help="folder with adapter_config.json and adapter_model.safetensors")
-    peft.add_argument("out", help="our adapter file to write (.safetensors)")
-    peft.add_argument("--model_card", choices=sorted(GPT2_SIZES), default=None,
-                      help="GPT-2 size (default: from the adapter's base model or the tensors' width)")
-    peft.add_argument("--pretrained", default=None,
-                      help="backbone folder whose config.json gives the model's shape (custom sizes)")
-    seed = fmt.add_parser("seed", help="a microsoft/LoRA examples/NLG checkpoint (.pt)")
-    seed.add_argument("seed_ckpt", help="the seed's .pt ({'model_state_dict': ...}, module. keys)")
-    seed.add_argument("out", help="our adapter file to write (.safetensors)")
-    seed.add_argument("--lora_dim", type=int, required=True, help="r the checkpoint was trained with (the paper: 4)")
-    seed.add_argument("--lora_alpha", type=float, required=True,
-                      help="alpha it was trained with (the paper's recipes: 32; the seed's model default: 128)")
-    seed.add_argument("--model_card", choices=sorted(GPT2_SIZES), required=True,
-                      help="GPT-2 size it was trained on (gpt2_md_lora_e2e.pt: gpt2.md)")
-    seed.add_argument("--lora_scaling_rule", choices=list(SCALING_RULES), default="alpha/r",
-                      help="the seed's rule is alpha/r")
-    seed.add_argument("--lora_dropout", type=float, default=0.0, help="recorded only (decoding uses none)")
-    return p
-
-
-def run(args) -> str:
-    if args.direction == "export" and args.format == "peft":
-        from lora_nlg.peft_adapter import export_peft
-
-        config = export_peft(args.ckpt, args.out, args.base_model, args.integer_alpha)
-        return (f"{args.out}: PEFT adapter, r={config['r']}, lora_alpha={config['lora_alpha']}, "
-                f"use_rslora={config['use_rslora']}, target_modules={config['target_modules']}")
-    if args.direction == "export":
-        from lora_nlg.hf_export import export_merged
-
-        export_merged(args.ckpt, args.out, args.pretrained)
-        return f"{args.out}: GPT-2 with LoRA merged (config.json, model.safetensors)"
-    if args.format == "peft":
-        from lora_nlg.peft_adapter import import_peft
-
-        cfg = import_peft(args.adapter_dir, args.out, args.model_card, args.pretrained)
-    else:
-        from lora_nlg.seed_import import import_seed
-
-        cfg = import_seed(args.seed_ckpt, args.out, args.lora_dim, args.lora_alpha, args.model_card,
-                          args.lora_scaling_rule, args.lora_dropout)
-    return (f"{args.out}: r={cfg.r}, alpha={cfg.alpha:g}, {cfg.scaling_rule} (scaling {cfg.scaling:g}), "
-            f"targets={list(cfg.targets)}")
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        print(run(args))
-    except (CheckpointError, OSError) as e:
-        print(f"lora_export.py: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
+from lora_nlg.weights.convert import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

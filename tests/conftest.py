@@ -17,7 +17,7 @@ GPT-2's own init would hide (a wrong GELU, a dropped bias, LayerNorms swapped) c
   the way transformers 4 wrote it: ``torch.save`` of the model's state dict (``lm_head.weight``
   included, tied to ``wte``); session-wide, read only.
 - ``tiny_model``: our ``GPT2LMModel`` loaded from ``hf_tiny_dir`` through
-  ``lora_nlg.checkpoint.load_pretrained`` (per test, eval mode).
+  ``lora_nlg.weights.backbone.load_pretrained`` (per test, eval mode).
 - ``token_ids``: a (3, 16) LongTensor of random token ids below the tiny vocab, fixed seed.
 
 Data (session-wide, read only): ``mirror``, the raw data mirror (NLG_DATA_MIRROR or
@@ -86,7 +86,7 @@ def hf_tiny_bin_dir(tmp_path_factory, hf_tiny_dir, hf_tiny_state):
 
 @pytest.fixture
 def tiny_model(hf_tiny_dir):
-    from lora_nlg.checkpoint import load_pretrained
+    from lora_nlg.weights.backbone import load_pretrained
 
     return load_pretrained(hf_tiny_dir)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_nlg import prepare
-from lora_nlg.sources import default_mirror
+from lora_nlg.data import prepare
+from lora_nlg.data.sources import default_mirror
 
 
 def mirror():

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lora_nlg import datasets as D
-from lora_nlg import prepare
-from lora_nlg.batching import BucketBatchSampler, FTDataset, collate, read_encoded, read_unique
-from lora_nlg.tokenizer import GPT2Tokenizer
+from lora_nlg.data import raw as D
+from lora_nlg.data import prepare
+from lora_nlg.data.batching import BucketBatchSampler, FTDataset, collate
+from lora_nlg.data.files import read_encoded, read_unique
+from lora_nlg.data.tokenizer import GPT2Tokenizer
 
 
 # --- the seed's FT_Dataset (microsoft/LoRA examples/NLG/src/data_utils.py), re-typed ----------
@@ -60,12 +61,12 @@ def test_items_follow_the_seed_rule(joint_lm, seq_len):
 
 def test_truncation_is_counted_and_reported_once(caplog):
     examples = [([1, 2, 3], [4, 5]), ([1] * 10, [2] * 10), ([1] * 30, [2]), ([7], [8])]
-    with caplog.at_level(logging.WARNING, logger="lora_nlg.batching"):
+    with caplog.at_level(logging.WARNING, logger="lora_nlg.data.batching"):
         ds = FTDataset(examples, seq_len=8)
         _ = [ds[i] for i in range(len(ds))]
     assert ds.n_truncated == 2
     assert ds.lengths() == [5, 8, 8, 2]
-    records = [r for r in caplog.records if r.name == "lora_nlg.batching"]
+    records = [r for r in caplog.records if r.name == "lora_nlg.data.batching"]
     assert len(records) == 1 and "2 of 4 sequences are longer than seq_len=8" in records[0].getMessage()
     # The context alone fills seq_len: nothing to learn from, mask all zero.
     assert ds[2]["loss_mask"] == [0.0] * 8

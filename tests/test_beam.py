@@ -23,8 +23,7 @@ import itertools
 import pytest
 import torch
 
-from lora_nlg.beam import (BeamSettings, Hypothesis, apply_repetition_penalty, ban_ngrams_,
-                           beam_search, process_logits)
+from lora_nlg.beam import BeamSettings, Hypothesis, apply_repetition_penalty, ban_ngrams_, beam_search, process_logits
 from lora_nlg.model import GPT2Config, GPT2LMModel
 
 PROMPTS = [[5, 17, 33, 2], [9, 8, 7, 6, 5, 4, 3], [42], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],

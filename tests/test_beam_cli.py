@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from lora_nlg.beam import BeamSettings, beam_search
-from lora_nlg.checkpoint import apply_lora_weights, load_pretrained, lora_state_dict, save_lora
+from lora_nlg.weights.adapter import apply_lora_weights, save_lora
+from lora_nlg.weights.backbone import load_pretrained
+from lora_nlg.lora import lora_state_dict
 from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, merge_lora
-from lora_nlg.predict import BeamConfig, load_decoding_model, main, merge_repeated_flags, text_of
-from lora_nlg.tokenizer import GPT2Tokenizer
+from lora_nlg.decode.predict import BeamConfig, load_decoding_model, main, merge_repeated_flags, text_of
+from lora_nlg.data.tokenizer import GPT2Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = [[5, 17, 33, 2], [9, 8, 7, 6, 5, 4, 3], [42], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
@@ -146,7 +148,7 @@ def test_no_silent_random_backbone(files, tmp_path, capsys):
 
 
 def test_encoded_input_one_line_per_pair_each_prompt_decoded_once(files, tmp_path, monkeypatch):
-    import lora_nlg.predict as predict
+    import lora_nlg.decode.predict as predict
 
     decoded = []
     real = predict.beam_search

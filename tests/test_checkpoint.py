@@ -10,9 +10,11 @@ from conftest import TINY
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lora_nlg.checkpoint import (ADAPTER_FILE, METADATA_KEY, CheckpointError, apply_lora_weights,
-                                 load_lora, load_pretrained, lora_config_from_tensors, read_tensors,
-                                 save_lora, save_pretrained)
+from lora_nlg.weights.layout import ADAPTER_FILE, METADATA_KEY
+from lora_nlg.weights.tensors import CheckpointError, read_tensors
+from lora_nlg.weights.adapter import apply_lora_weights, load_lora, save_lora
+from lora_nlg.weights.backbone import load_pretrained, save_pretrained
+from lora_nlg.weights.upstream import lora_config_from_tensors
 from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict, merge_lora
 
 TOL = 1e-4  # as test_model: max abs logit difference against transformers

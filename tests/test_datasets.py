@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from lora_nlg import datasets as D
-from lora_nlg import prepare
-from lora_nlg.sources import SOURCES_JSON, SourceError, fetch, load_sources
-from lora_nlg.tokenizer import GPT2Tokenizer
+import upstream_files as U
+from lora_nlg.catalog import SEEN_CATEGORIES
+from lora_nlg.data import files, prepare
+from lora_nlg.data import raw as D
+from lora_nlg.errors import FormatError
+from lora_nlg.data.sources import SOURCES_JSON, SourceError, fetch, load_sources
+from lora_nlg.data.tokenizer import GPT2Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = {"e2e": "e2e", "webnlg": "webnlg_challenge_2017", "dart": "dart"}
@@ -82,7 +85,7 @@ def test_webnlg_seen_unseen(prepared):
     unseen = [u for u in unique if not u["seen"]]
     assert (len(seen), len(unseen)) == (971, 891)
     assert (sum(len(u["references"]) for u in seen), sum(len(u["references"]) for u in unseen)) == (2495, 2433)
-    assert {u["category"] for u in seen} == D.SEEN_CATEGORIES
+    assert {u["category"] for u in seen} == SEEN_CATEGORIES
     assert {u["category"] for u in unseen} == {"Artist", "Athlete", "CelestialBody", "MeanOfTransportation", "Politician"}
     formatted = lines(prepared / "webnlg_challenge_2017" / "test_formatted.jsonl")
     assert sum(f["cate"] for f in formatted) == 2495
@@ -271,7 +274,7 @@ def test_e2e_seed_format_and_official_csv_agree(mirror):
     for csv_name, seed_name, n_lines, n_same_completions in (
             ("devset.csv", "valid.txt", 4672, 4672), ("testset_w_refs.csv", "test.txt", 4693, 4557)):
         official = D.read_e2e_csv(mirror / "e2e" / csv_name, text="moses")
-        seed = D.read_e2e_seed_txt(mirror / "e2e" / "microsoft-format" / seed_name)
+        seed = U.read_e2e_upstream_txt(mirror / "e2e" / "microsoft-format" / seed_name)
         assert len(official) == len(seed) == n_lines
         assert [p.context for p in official] == [p.context for p in seed]
         assert sum(a.completion == b.completion for a, b in zip(official, seed)) == n_same_completions
@@ -296,7 +299,7 @@ def test_e2e_moses_formatted_valid_is_the_seeds_converter_output(mirror, tok, tm
 
 
 def test_e2e_seed_text_recipe():
-    assert D.e2e_seed_text("Prices start at £30. It's family-friendly!  Rated 5. out of 5.") == \
+    assert D.e2e_upstream_text("Prices start at £30. It's family-friendly!  Rated 5. out of 5.") == \
         "Prices start at £ 30 . It 's family - friendly ! Rated 5. out of 5 ."
     # no split after a number when a lower-case word follows; otherwise split
     assert D.split_sentences("A. B? c 5. d 6. E") == ["A.", "B?", "c 5. d 6.", "E"]
@@ -310,7 +313,7 @@ def test_e2e_seed_text_recipe():
 def test_webnlg_xml_and_seed_json_give_identical_records(mirror, split, xml, seed_json):
     folder = mirror / "webnlg_challenge_2017"
     from_xml = D.read_webnlg_xml(sorted(glob.glob(str(folder / xml))))
-    from_json = D.read_webnlg_seed_json(folder / seed_json)
+    from_json = U.read_webnlg_upstream_json(folder / seed_json)
     assert len(from_xml) == len(from_json) == COUNTS["webnlg", split][0]
     key = lambda p: (p.context, p.completion, p.input_key, p.category)  # noqa: E731
     assert [key(p) for p in from_xml] == [key(p) for p in from_json]
@@ -327,7 +330,7 @@ def _seed_webnlg_converter(data):
         for sent in entry["lexicalisations"]:
             if sent["comment"] == "good":
                 out.append(json.dumps({"context": triples, "completion": sent["lex"],
-                                       "cate": entry["category"] in D.SEEN_CATEGORIES}) + "\n")
+                                       "cate": entry["category"] in SEEN_CATEGORIES}) + "\n")
     return "".join(out)
 
 
@@ -392,7 +395,7 @@ E2E_CSV = 'mr,ref\n"name[A], eatType[pub]","A is a pub."\n"name[B], priceRange[�
     ('mr,ref\n"name[A], colour[red]","A."\n', r"x.csv:2: unknown MR attribute 'colour'"),
 ])
 def test_e2e_csv_errors(tmp_path, text, message):
-    with pytest.raises(D.DataError, match=message):
+    with pytest.raises(FormatError, match=message):
         D.read_e2e_csv(write(tmp_path / "x.csv", text))
 
 
@@ -406,10 +409,10 @@ def test_e2e_csv_reads_xz_and_quoted_newlines(tmp_path):
 
 
 def test_e2e_seed_txt_errors(tmp_path):
-    with pytest.raises(D.DataError, match=r"v.txt:2: expected 'context\|\|text', found 0"):
-        D.read_e2e_seed_txt(write(tmp_path / "v.txt", "name : A||A .\nname : B without text\n"))
-    with pytest.raises(D.DataError, match=r"v.txt:1: empty reference"):
-        D.read_e2e_seed_txt(write(tmp_path / "v.txt", "name : A|| \n"))
+    with pytest.raises(FormatError, match=r"v.txt:2: expected 'context\|\|text', found 0"):
+        U.read_e2e_upstream_txt(write(tmp_path / "v.txt", "name : A||A .\nname : B without text\n"))
+    with pytest.raises(FormatError, match=r"v.txt:1: empty reference"):
+        U.read_e2e_upstream_txt(write(tmp_path / "v.txt", "name : A|| \n"))
 
 
 WEBNLG_ENTRY = """<entry category="{cat}" eid="Id{eid}" size="1">
@@ -440,7 +443,7 @@ def test_webnlg_xml_reader(tmp_path):
     ("<benchmark><entries></entries></benchmark>", r"w.xml: no <benchmark><entries><entry>"),
 ])
 def test_webnlg_xml_errors(tmp_path, text, message):
-    with pytest.raises(D.DataError, match=message):
+    with pytest.raises(FormatError, match=message):
         D.read_webnlg_xml(write(tmp_path / "w.xml", text))
 
 
@@ -448,13 +451,13 @@ def test_webnlg_seed_json_errors(tmp_path):
     entry = {"category": "Food", "modifiedtripleset": [{"subject": "X", "property": "p", "object": "Y"}],
              "lexicalisations": [{"comment": "good", "lex": "X p Y."}]}
     ok = write(tmp_path / "t.json", json.dumps({"entries": [{"1": entry}]}))
-    assert [p.context for p in D.read_webnlg_seed_json(ok)] == ["X : p : Y"]
+    assert [p.context for p in U.read_webnlg_upstream_json(ok)] == ["X : p : Y"]
     broken = copy.deepcopy(entry)
     del broken["lexicalisations"]
-    with pytest.raises(D.DataError, match=r"t.json entry 2: missing field 'lexicalisations'"):
-        D.read_webnlg_seed_json(write(tmp_path / "t.json", json.dumps({"entries": [{"1": entry}, {"2": broken}]})))
-    with pytest.raises(D.DataError, match=r"t.json:1:\d+: malformed JSON"):
-        D.read_webnlg_seed_json(write(tmp_path / "t.json", '{"entries": [}'))
+    with pytest.raises(FormatError, match=r"t.json entry 2: missing field 'lexicalisations'"):
+        U.read_webnlg_upstream_json(write(tmp_path / "t.json", json.dumps({"entries": [{"1": entry}, {"2": broken}]})))
+    with pytest.raises(FormatError, match=r"t.json:1:\d+: malformed JSON"):
+        U.read_webnlg_upstream_json(write(tmp_path / "t.json", '{"entries": [}'))
 
 
 @pytest.mark.parametrize("data,message", [
@@ -465,7 +468,7 @@ def test_webnlg_seed_json_errors(tmp_path):
     ('[{"tripleset": [["a", "B", "c"]], "annotations": [{"text": " "}]}]', r"d.json entry 0 annotation 0: empty reference"),
 ])
 def test_dart_errors(tmp_path, data, message):
-    with pytest.raises(D.DataError, match=message):
+    with pytest.raises(FormatError, match=message):
         D.read_dart_json(write(tmp_path / "d.json", data))
 
 
@@ -486,8 +489,8 @@ def test_dart_reader_lowercases_property_and_can_drop_empty_references(tmp_path)
     ('["a", "b"]\n', r"f.jsonl:1: expected a JSON object, got list"),
 ])
 def test_formatted_jsonl_errors(tmp_path, text, message):
-    with pytest.raises(D.DataError, match=message):
-        D.read_formatted_jsonl(write(tmp_path / "f.jsonl", text))
+    with pytest.raises(FormatError, match=message):
+        files.read_formatted(write(tmp_path / "f.jsonl", text))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -622,7 +625,7 @@ def test_write_jsonl_is_atomic(tmp_path):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        prepare.write_jsonl(target, records())
+        files.write_jsonl(target, records())
     assert target.read_text() == "old\n"
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl"]
 

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from lora_nlg import datasets as D
-from lora_nlg.decode_files import main, standard_tokenize
-from lora_nlg.tokenizer import GPT2Tokenizer
+from lora_nlg.data import raw as D
+from lora_nlg.decode.scorer_files import main
+from lora_nlg.data.files import upstream_tokenize
+from lora_nlg.data.tokenizer import GPT2Tokenizer
 
 # Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,9 +98,9 @@ def test_dart_paper_and_official_protocols_for_generation_eval(mirror, tmp_path,
         merged[r["context"]].extend(r["references"])
         last[r["context"]] = r["id"]
     for c, got, hyp in zip(contexts, refs, hyps):
-        want = [standard_tokenize(x.lower()) for x in merged[c]]
+        want = [upstream_tokenize(x.lower()) for x in merged[c]]
         assert got == (want + [want[0]] * 6)[:6]
-        assert hyp == standard_tokenize(f"pred {last[c]} (x)")
+        assert hyp == upstream_tokenize(f"pred {last[c]} (x)")
 
     assert main([*base, "--protocol", "official", "--output_ref_file", str(tmp_path / "official"),
                  "--output_pred_file", str(tmp_path / "official_hyp")]) == 0
@@ -172,7 +173,7 @@ def test_missing_or_foreign_predictions_are_errors(tmp_path, capsys):
 
 def test_beam_output_feeds_decode(tmp_path, hf_tiny_dir):
     """gpt2_beam.py's predictions file is gpt2_decode.py's sample file."""
-    from lora_nlg.predict import main as beam_main
+    from lora_nlg.decode.predict import main as beam_main
 
     records = [{"id": i, "context": f"c{i}", "references": [f"ref {i}", f"other {i}"]} for i in range(4)]
     with open(tmp_path / "u.jsonl", "w") as f:

@@ -21,12 +21,14 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-from lora_nlg.adapter_io import read_adapter, update_norms
+from lora_nlg.weights.adapter import read_adapter, update_norms
 from lora_nlg.beam import BeamSettings, beam_search
-from lora_nlg.checkpoint import CheckpointError, load_lora, load_pretrained, save_lora
-from lora_nlg.hf_export import model_with_adapter
+from lora_nlg.weights.tensors import CheckpointError
+from lora_nlg.weights.adapter import load_lora, save_lora
+from lora_nlg.weights.backbone import load_pretrained
+from lora_nlg.weights.merged import model_with_adapter
 from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict
-from lora_nlg.peft_adapter import NotRepresentable, export_peft, import_peft
+from lora_nlg.weights.peft import NotRepresentable, export_peft, import_peft
 
 import lora_export
 
@@ -241,8 +243,8 @@ def test_imported_seed_checkpoint_decodes_with_gpt2_beam(hf_tiny_dir, tmp_path):
     randomize_lora(reference, seed=5, std=0.3)
     save_lora(tmp_path / "ours.safetensors", reference, {"init_checkpoint": str(hf_tiny_dir)})
     _seed_file(tmp_path / "seed.pt", lora_state_dict(reference), {})
-    from lora_nlg.seed_import import import_seed
-    import_seed(tmp_path / "seed.pt", tmp_path / "imported.safetensors", 4, 32, "gpt2.tiny")
+    from lora_nlg.weights.upstream import import_upstream
+    import_upstream(tmp_path / "seed.pt", tmp_path / "imported.safetensors", 4, 32, "gpt2.tiny")
     inputs = [[5, 17, 42, 8, 99], [3, 3, 71], [60, 12, 7, 7, 30, 2, 88]]
     with open(tmp_path / "test_unique.jsonl", "w") as f:
         for i, ids in enumerate(inputs):
@@ -267,8 +269,8 @@ def test_seed_import_checks_rank_and_needs_alpha(hf_tiny_dir, tmp_path):
     apply_lora(model, LoRAConfig(r=4, alpha=32))
     _seed_file(tmp_path / "seed.pt", lora_state_dict(model), {})
     with pytest.raises(CheckpointError, match="rank r=4.*not --lora_dim 2"):
-        from lora_nlg.seed_import import import_seed
-        import_seed(tmp_path / "seed.pt", tmp_path / "x.safetensors", 2, 32, "gpt2.tiny")
+        from lora_nlg.weights.upstream import import_upstream
+        import_upstream(tmp_path / "seed.pt", tmp_path / "x.safetensors", 2, 32, "gpt2.tiny")
     with pytest.raises(SystemExit):  # --lora_alpha has no default: the seed never stored it
         lora_export.main(["import", "seed", str(tmp_path / "seed.pt"), str(tmp_path / "x.safetensors"),
                           "--lora_dim", "4", "--model_card", "gpt2.tiny"])

@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lora_nlg.checkpoint import apply_lora_weights, load_lora, load_pretrained, lora_config_from_tensors
-from lora_nlg.lora import (LoRAConfig, LoRALinear, apply_lora, count_trainable, lora_modules,
-                           lora_state_dict, mark_only_lora_as_trainable, merge_lora, unmerge_lora)
+from lora_nlg.weights.adapter import apply_lora_weights, load_lora
+from lora_nlg.weights.backbone import load_pretrained
+from lora_nlg.weights.upstream import lora_config_from_tensors
+from lora_nlg.lora import (LoRAConfig, LoRALinear, apply_lora, count_trainable, lora_modules, lora_state_dict, mark_only_lora_as_trainable, merge_lora, unmerge_lora)
 from lora_nlg.model import GPT2Config, GPT2LMModel
 
 

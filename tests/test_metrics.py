@@ -450,7 +450,7 @@ def test_bad_reference_folders(tmp_path, files, message):
 @pytest.mark.parametrize("name,content,message", [
     ("refs.csv", "mr,text\nx,y\n", r"refs\.csv:1: expected one ref column in the header, got \['mr', 'text'\]"),
     ("refs.csv", "mr,ref\nx,y\nz\n", r"refs\.csv:3: 1 fields, the header has 2"),
-    ("test_unique.jsonl", '{"id": 0, "refs": ["a"]}\n', r":1: field 'references' is missing"),
+    ("test_unique.jsonl", '{"id": 0, "refs": ["a"]}\n', r":1: missing field 'references'"),
     ("test_unique.jsonl", '{"id": 0, "references": ["a", 3]}\n', r":1: field 'references' must be a non-empty list of strings"),
     ("test_unique.jsonl", '{"id": 0, "references": ["a"], "seen": "yes"}\n', r":1: field 'seen' must be true or false"),
     ("test_unique.jsonl", '{"id": 0, "references": ["a"]}\n{"id": 0, "references": ["b"]}\n', r":2: id 0 already on line 1"),

@@ -9,8 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from lora_nlg.metrics import (bleu, cider, evaluate, java, meteor, nist, protocol, ptb,
-                              references, rouge, ter)
+from lora_nlg.metrics import bleu, cider, evaluate, java, meteor, nist, protocol, ptb, references, rouge, ter
 from lora_nlg.metrics.word_tokenize import generationeval_tokenize
 
 from test_metrics import DART, E2E_OUT, E2E_REFS, GENEVAL, MIRROR, _pyter_segment, _split

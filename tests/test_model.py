@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import lora_nlg.model
-from lora_nlg.checkpoint import load_pretrained
+from lora_nlg.weights.backbone import load_pretrained
 
 TOL = 1e-4  # max abs logit difference accepted against transformers (float32)
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lora_nlg import pretrained
+from lora_nlg.weights import hub as pretrained
 
 
 def _mirror(tmp_path, payload=b"weights"):

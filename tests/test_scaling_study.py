@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from lora_nlg import scaling_study
-from lora_nlg.adapter_io import read_adapter, update_norms
-from lora_nlg import trainer_state as ts
+from lora_nlg.pipeline import scaling_study
+from lora_nlg.weights.adapter import read_adapter, update_norms
+from lora_nlg.weights import layout as ts
 
 
 def test_quick_study_runs_and_records_what_it_trained(tmp_path):

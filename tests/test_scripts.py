@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from lora_nlg import loss_plot, model_selection, results_table, subset
+from lora_nlg.pipeline import loss_plot
+from lora_nlg.pipeline import model_selection
+from lora_nlg.pipeline import results_table
+from lora_nlg.data import subset
 
 REPO = Path(__file__).resolve().parents[1]
 E2E_METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")

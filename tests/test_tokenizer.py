@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import regex
 
-from lora_nlg import datasets as D
-from lora_nlg import tokenizer as T
-from lora_nlg.tokenizer import GPT2Tokenizer, default_vocab_dir
+import upstream_files as U
+from lora_nlg.data import files
+from lora_nlg.data import tokenizer as T
+from lora_nlg.data.tokenizer import GPT2Tokenizer, default_vocab_dir
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +58,11 @@ def all_texts(mirror, prepared):
     texts = set(EDGE_TEXTS)
     n = 0
     for path in sorted(prepared.glob("*/*_formatted.jsonl")):
-        for pair in D.read_formatted_jsonl(path):
+        for pair in files.read_formatted(path):
             texts.update((pair.context, pair.completion, " " + pair.completion))
             n += 1
     for name in ("valid.txt", "test.txt"):
-        for pair in D.read_e2e_seed_txt(mirror / "e2e" / "microsoft-format" / name):
+        for pair in U.read_e2e_upstream_txt(mirror / "e2e" / "microsoft-format" / name):
             texts.update((pair.context, pair.completion, " " + pair.completion))
             n += 1
     assert n == 42061 + 4672 + 4693 + 18025 + 2258 + 4928 + 6980 + 12551 + 4672 + 4693
@@ -206,7 +207,7 @@ def test_decode_of_a_cut_character_gives_replacement_char(tok):
 def test_default_vocab_dir_order(monkeypatch, tmp_path, mirror):
     fake_repo = tmp_path / "repo"
     fake_repo.mkdir()
-    monkeypatch.setattr(T, "_REPO", fake_repo)
+    monkeypatch.setattr(T, "REPO", fake_repo)
     monkeypatch.delenv("NLG_VOCAB_DIR", raising=False)
     monkeypatch.setenv("NLG_DATA_MIRROR", str(mirror))
     assert default_vocab_dir() == mirror / "gpt2-vocab"
@@ -220,7 +221,7 @@ def test_default_vocab_dir_order(monkeypatch, tmp_path, mirror):
 
 
 def test_default_vocab_dir_missing_says_what_to_run(monkeypatch, tmp_path):
-    monkeypatch.setattr(T, "_REPO", tmp_path / "repo")
+    monkeypatch.setattr(T, "REPO", tmp_path / "repo")
     monkeypatch.delenv("NLG_VOCAB_DIR", raising=False)
     monkeypatch.setenv("NLG_DATA_MIRROR", str(tmp_path / "no-mirror"))
     with pytest.raises(FileNotFoundError, match="scripts/create_datasets.sh"):

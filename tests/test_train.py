@@ -1,4 +1,4 @@
-"""Training (`src/gpt2_ft.py`, `lora_nlg.train`): tiny GPT-2 on the CPU, real E2E examples.
+"""Training (`src/gpt2_ft.py`, `lora_nlg.train.loop`): tiny GPT-2 on the CPU, real E2E examples.
 
 The data are the first pairs of the official E2E dev set (the mirror's `e2e/devset.csv`), encoded
 as the seed encodes them, written to a temporary folder: nothing depends on a prepared `data/`.
@@ -20,12 +20,13 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from lora_nlg import datasets as D
-from lora_nlg.checkpoint import load_lora, load_pretrained, save_pretrained
+from lora_nlg.data import raw as D
+from lora_nlg.weights.adapter import load_lora
+from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 from lora_nlg.model import GPT2Config, GPT2LMModel
-from lora_nlg.prepare import encode_pairs
-from lora_nlg.tokenizer import GPT2Tokenizer
-from lora_nlg.train import main
+from lora_nlg.data.prepare import encode_pairs
+from lora_nlg.data.tokenizer import GPT2Tokenizer
+from lora_nlg.train.loop import main
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_FT = str(REPO / "src" / "gpt2_ft.py")
@@ -283,7 +284,7 @@ def test_sigterm_to_torchrun_saves_a_resumable_checkpoint_on_every_rank(e2e_data
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(e2e_data, tmp_path, monkeypatch, capsys):
-    import lora_nlg.train as train_module
+    import lora_nlg.train.loop as train_module
 
     real = train_module.token_loss_sum
     calls = {"n": 0}

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from lora_nlg.lora import LoRAConfig, apply_lora, mark_only_lora_as_trainable
 from lora_nlg.model import GPT2Config, GPT2LMModel
-from lora_nlg.optim import AdamW, build_scheduler, param_groups
-from lora_nlg.train import shard_batches, token_loss_sum
+from lora_nlg.train.optim import AdamW, build_scheduler, param_groups
+from lora_nlg.train.loop import shard_batches, token_loss_sum
 
 
 def seed_adamw(params, grads_per_step, lr, betas, eps, weight_decay, correct_bias):

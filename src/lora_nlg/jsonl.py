@@ -2,8 +2,10 @@
 import json
 from typing import Iterable, Iterator, Tuple
 
+from lora_nlg.errors import FormatError
 
-def parse_json_lines(lines: Iterable[str], name, error=ValueError) -> Iterator[Tuple[int, dict]]:
+
+def parse_json_lines(lines: Iterable[str], name, error=FormatError) -> Iterator[Tuple[int, dict]]:
     """(line number, object) for each non-blank line; ``error`` naming ``name:line`` on bad JSON
     or on a line that holds something other than a JSON object."""
     for line_no, line in enumerate(lines, 1):
@@ -18,7 +20,21 @@ def parse_json_lines(lines: Iterable[str], name, error=ValueError) -> Iterator[T
         yield line_no, item
 
 
-def json_records(path) -> Iterator[Tuple[int, dict]]:
+def text_lines(path, error=FormatError) -> Iterator[str]:
+    """The lines of a UTF-8 file; ``error`` naming ``path:line`` where a line is not UTF-8, or
+    ``path`` when there is no such file."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    with f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{path}:{line_no}: not UTF-8 text (byte {e.start + 1} of the line): {e.reason}") from None
+
+
+def json_records(path, error=FormatError) -> Iterator[Tuple[int, dict]]:
     """``parse_json_lines`` of a UTF-8 file."""
-    with open(path, encoding="utf-8") as f:
-        yield from parse_json_lines(f, path)
+    yield from parse_json_lines(text_lines(path, error), path, error)

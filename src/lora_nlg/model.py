@@ -1,7 +1,7 @@
 """GPT-2 in one file, read top to bottom.
 
 Names follow GPT-2 (``wte``, ``wpe``, ``h``, ``c_attn``, ``c_proj``, ``c_fc``, ``ln_f``) so that
-checkpoints map one to one (``lora_nlg.checkpoint``). Linear layers are ``nn.Linear`` (weight
+checkpoints map one to one (``lora_nlg.weights.backbone``). Linear layers are ``nn.Linear`` (weight
 ``(out, in)``); GPT-2's original ``Conv1D`` stores the transpose, the loader converts.
 
 Differences from microsoft/LoRA's ``model.py`` worth knowing:

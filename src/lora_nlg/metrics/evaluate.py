@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from lora_nlg.catalog import DATASETS
+
 from . import java, protocol, punkt, report
 from .bleu import bleu, corpus_statistics, score_statistics
 from .cider import cider_d
@@ -28,12 +30,6 @@ from .references import FormatError, pair, read_predictions, read_references
 from .rouge import rouge_l
 from .ter import segment_ter
 from .word_tokenize import generationeval_tokenize, needs_sentence_splitter
-
-DATASETS = {
-    "e2e": dict(folder="e2e", metrics=("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")),
-    "webnlg": dict(folder="webnlg_challenge_2017", metrics=("BLEU", "METEOR", "TER")),
-    "dart": dict(folder="dart", metrics=("BLEU", "METEOR", "TER")),
-}
 
 # E2E BLEU and NIST: the scorer's default (Perl mteval-v13a-sig) or its -p (pymteval).
 E2E_MTEVAL = {
@@ -194,7 +190,7 @@ def evaluate(config):
     if config.meteor_table not in ("filtered", "full"):
         raise FormatError(f"--meteor-table must be filtered or full, not {config.meteor_table!r}")
     spec = DATASETS[config.dataset]
-    references = config.references or os.path.join(config.data_dir, spec["folder"], "test_unique.jsonl")
+    references = config.references or os.path.join(config.data_dir, spec.folder, "test_unique.jsonl")
     if not os.path.exists(references):
         raise FormatError(f"{references}: no such file or folder (give REFERENCES, or create the "
                           f"prepared test file with scripts/create_datasets.sh)")
@@ -214,7 +210,7 @@ def evaluate(config):
         scores = {"all": scores}
         definitions = dict(E2E_DEFINITIONS, BLEU=E2E_MTEVAL[mteval]["BLEU"],
                            NIST=NIST_VARIANTS[E2E_MTEVAL[mteval]["nist"]]["label"])
-        definitions = {m: definitions[m] for m in spec["metrics"]}
+        definitions = {m: definitions[m] for m in spec.metrics}
     else:
         _ensure_punkt([*prepared.hyps, *(r for rs in prepared.refs for r in rs)], config)
         scores, not_computed = score_generation(prepared.hyps, prepared.refs, prepared.subsets,
@@ -226,7 +222,7 @@ def evaluate(config):
         "protocol_description": description,
         "predictions": config.predictions,
         "references": references,
-        "metrics": list(spec["metrics"]),
+        "metrics": list(spec.metrics),
         "scores": scores,
         "counts": prepared.stats,
         "metric_definitions": definitions,

@@ -17,11 +17,11 @@
 """
 import collections
 import dataclasses
-import re
+
+from lora_nlg.catalog import DATASETS
+from lora_nlg.data.files import upstream_cut, upstream_tokenize
 
 PROTOCOLS = ("official", "paper")
-PAPER_MAX_REFERENCES = {"e2e": None, "webnlg": 6, "dart": 6}
-PAPER_LOWER_TOKENIZE = {"e2e": False, "webnlg": True, "dart": True}
 
 
 @dataclasses.dataclass
@@ -35,12 +35,7 @@ class Prepared:
 
 def microsoft_tokenize(text):
     """microsoft/LoRA gpt2_decode `post_process(text, tokenize=True, lower=True)`."""
-    return " ".join(" ".join(re.split(r"(\W)", text.lower())).split())
-
-
-def _cut(text):
-    """gpt2_decode: text.split('<|endoftext|>')[0].split('\\n\\n')[0].strip()."""
-    return text.split("<|endoftext|>")[0].split("\n\n")[0].strip()
+    return upstream_tokenize(text.lower())
 
 
 def subset_filters(pairs, dataset):
@@ -81,10 +76,10 @@ def _paper(chosen, dataset):
     for ref, text in chosen:
         key = ref.context if ref.context is not None else ("id", ref.id)
         group = groups.setdefault(key, {"refs": [], "hyp": None})
-        group["refs"].extend(_cut(r) for r in ref.references)
-        group["hyp"] = _cut(text)  # the last output of the group, as gpt2_decode
-    limit = PAPER_MAX_REFERENCES[dataset]
-    transform = microsoft_tokenize if PAPER_LOWER_TOKENIZE[dataset] else (lambda s: s)
+        group["refs"].extend(upstream_cut(r) for r in ref.references)
+        group["hyp"] = upstream_cut(text)  # the last output of the group, as gpt2_decode
+    limit = DATASETS[dataset].paper_max_references
+    transform = microsoft_tokenize if DATASETS[dataset].paper_lower_tokenize else (lambda s: s)
     segments = []
     for group in groups.values():
         kept = group["refs"][:limit] if limit else group["refs"]

@@ -1,15 +1,16 @@
 """Reading system outputs and references, and pairing them; errors name file, line and field.
 
 Predictions (one output per input):
-- `*.jsonl`: what `gpt2_beam.py` writes, `{"id": int, "text": str, ...}` per line;
+- `*.jsonl`: what `gpt2_beam.py` writes, `{"id": int, "text": str, ...}` per line
+  (`lora_nlg.data.files.read_predictions`; upstream's `{"id", "predict"}` too);
 - `*.tsv` / `*.csv` with a header: the E2E challenge format, an MR column and an output column
   (paired with the references by MR, as the official scorer does);
 - any other file: plain text, one output per line, in reference order (a final newline ends the
   last line; it does not add an empty output).
 
 References:
-- `test_unique.jsonl` (the prepared test file): `{"id", "context", "references": [...]}` plus
-  `"category"`, `"seen"` for WebNLG;
+- `test_unique.jsonl` (the prepared test file, `lora_nlg.data.files.read_unique`): `{"id",
+  "context", "references": [...]}` plus `"category"`, `"seen"` for WebNLG;
 - E2E `testset_w_refs.csv` (columns mr, ref): references grouped by MR, MRs in order of first
   appearance (with the official scorer's fixes of mis-encoded `£`/`é` in CSV/TSV files);
 - a folder of GenerationEval files `reference0`, `reference1`, ... (or `<prefix>reference<k>
@@ -26,11 +27,8 @@ import io
 import os
 import re
 
-from ..jsonl import parse_json_lines
-
-
-class FormatError(ValueError):
-    """An input file is not in the expected format (the message names file, line and field)."""
+from lora_nlg.data import files
+from lora_nlg.errors import FormatError
 
 
 @dataclasses.dataclass
@@ -72,29 +70,6 @@ def _lines(path):
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def _jsonl(path, required):
-    """Parsed objects of a jsonl file, checking that each has the `required` fields and types."""
-    rows = []
-    for number, row in parse_json_lines(_lines(path), path, FormatError):
-        for field, types, what in required:
-            if field not in row:
-                raise FormatError(f"{path}:{number}: field {field!r} is missing")
-            value = row[field]
-            if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
-                raise FormatError(f"{path}:{number}: field {field!r} must be {what}, "
-                                  f"got {type(value).__name__}")
-        rows.append((number, row))
-    return rows
-
-
-def _unique_ids(path, items):
-    seen = {}
-    for number, item_id in items:
-        if item_id in seen:
-            raise FormatError(f"{path}:{number}: id {item_id} already on line {seen[item_id]}")
-        seen[item_id] = number
-
-
 def _is_csv(path):
     return os.path.splitext(path)[1].lower() in (".csv", ".tsv")
 
@@ -129,9 +104,7 @@ def read_predictions(path):
     """Returns (items, keyed_by): items is a list of (key, text); keyed_by is "id" (jsonl),
     "mr" (E2E TSV/CSV) or "order" (plain text: key = line index)."""
     if path.endswith(".jsonl"):
-        rows = _jsonl(path, [("id", (int,), "an integer"), ("text", (str,), "a string")])
-        _unique_ids(path, [(n, r["id"]) for n, r in rows])
-        return [(r["id"], r["text"].strip()) for _, r in rows], "id"
+        return files.read_predictions(path), "id"
     if _is_csv(path):
         rows = _csv_rows(path, {"MR": HEADER_SRC, "output": HEADER_SYS})
         return [(r["MR"], r["output"]) for r in rows], "mr"
@@ -150,19 +123,9 @@ def read_references(path):
 
 
 def _reference_jsonl(path):
-    rows = _jsonl(path, [("id", (int,), "an integer"), ("references", (list,), "a list of strings")])
-    _unique_ids(path, [(n, r["id"]) for n, r in rows])
-    out = []
-    for number, r in rows:
-        refs = r["references"]
-        if not refs or not all(isinstance(x, str) for x in refs):
-            raise FormatError(f"{path}:{number}: field 'references' must be a non-empty list of strings")
-        seen = r.get("seen")
-        if seen is not None and not isinstance(seen, bool):
-            raise FormatError(f"{path}:{number}: field 'seen' must be true or false")
-        out.append(Reference(id=r["id"], references=[x.strip() for x in refs], context=r.get("context"),
-                             category=r.get("category"), seen=seen))
-    return out
+    return [Reference(id=r["id"], references=[x.strip() for x in r["references"]], context=r.get("context"),
+                      category=r.get("category"), seen=r.get("seen"))
+            for r in files.read_unique(path, need=("id", "references"))]
 
 
 def _reference_csv(path):
@@ -181,14 +144,14 @@ def _reference_folder(path):
     if len(groups) != 1:
         raise FormatError(f"{path}: expected one set of files <prefix>reference0, reference1, ..., found "
                           f"{sorted(p + 'reference*' + e for p, e in groups) or 'none'}")
-    files = next(iter(groups.values()))
-    if sorted(files) != list(range(len(files))):
-        raise FormatError(f"{path}: reference files must be numbered 0..{len(files) - 1}, found {sorted(files)}")
-    columns = [_lines(files[k]) for k in range(len(files))]
+    numbered = next(iter(groups.values()))
+    if sorted(numbered) != list(range(len(numbered))):
+        raise FormatError(f"{path}: reference files must be numbered 0..{len(numbered) - 1}, found {sorted(numbered)}")
+    columns = [_lines(numbered[k]) for k in range(len(numbered))]
     n = len(columns[0])
     for k, col in enumerate(columns):
         if len(col) != n:
-            raise FormatError(f"{files[k]}: {len(col)} lines, {files[0]} has {n}")
+            raise FormatError(f"{numbered[k]}: {len(col)} lines, {numbered[0]} has {n}")
     out = []
     for i in range(n):
         refs = [col[i].strip() for col in columns if col[i].strip()]

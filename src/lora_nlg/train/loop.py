@@ -32,16 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from lora_nlg import trainer_state as ts
-from lora_nlg.batching import BucketBatchSampler, FTDataset, collate, read_encoded
-from lora_nlg.checkpoint import ADAPTER_FILE, apply_lora_weights, load_lora, load_pretrained
+from lora_nlg.train import state as ts
+from lora_nlg.weights import layout
+from lora_nlg.data.batching import BucketBatchSampler, FTDataset, collate
+from lora_nlg.data.files import read_encoded
+from lora_nlg.weights.layout import ADAPTER_FILE
+from lora_nlg.weights.adapter import apply_lora_weights, load_lora
+from lora_nlg.weights.backbone import load_pretrained
 from lora_nlg.cli import config_to_dict, parse_config, save_config
 from lora_nlg.distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
 from lora_nlg.lora import LoRAConfig, apply_lora, count_trainable, mark_only_lora_as_trainable
 from lora_nlg.model import GPT2Config, GPT2LMModel
-from lora_nlg.optim import build_optimizer, build_scheduler
-from lora_nlg.run_log import RunLog
-from lora_nlg.train_config import ConfigError, TrainConfig, check, environment_defaults
+from lora_nlg.train.optim import build_optimizer, build_scheduler
+from lora_nlg.train.log import RunLog
+from lora_nlg.train.config import ConfigError, TrainConfig, check, environment_defaults
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -115,7 +119,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.ckpt_root = ts.checkpoints_dir(cfg.work_dir)
+        self.ckpt_root = layout.checkpoints_dir(cfg.work_dir)
         resume_from = self._prepare_work_dir()
         ts.seed_everything(cfg.random_seed)
 
@@ -178,9 +182,9 @@ class Trainer:
     def _prepare_work_dir(self) -> Optional[str]:
         """The checkpoint to resume from, or None; refuses to mix a new run with an old one."""
         cfg = self.cfg
-        last = ts.last_checkpoint(cfg.work_dir) if os.path.isdir(self.ckpt_root) else None
+        last = layout.last_checkpoint(cfg.work_dir) if os.path.isdir(self.ckpt_root) else None
         if self.dist.is_main:
-            ts.remove_stale_temp_dirs(self.ckpt_root)
+            layout.remove_stale_temp_dirs(self.ckpt_root)
         if cfg.resume:
             return last
         if last and not cfg.overwrite:
@@ -200,7 +204,7 @@ class Trainer:
             tensors, _ = load_lora(os.path.join(folder, ADAPTER_FILE))
             apply_lora_weights(self.model, tensors)
         else:
-            saved = load_pretrained(os.path.join(folder, ts.FULL_MODEL), self.cfg.model_card)
+            saved = load_pretrained(os.path.join(folder, layout.FULL_MODEL), self.cfg.model_card)
             self.model.load_state_dict(saved.state_dict(), strict=True)
 
     def _load_state(self, state: dict, folder: str) -> None:
@@ -398,7 +402,7 @@ class Trainer:
             self.best_val_loss = loss
         self.log.valid(self.step, epoch or self.epoch, loss, best, time.time() - start)
         if best:
-            self._save(ts.BEST, resumable=False, epoch=epoch)
+            self._save(layout.BEST, resumable=False, epoch=epoch)
 
     # ------------------------------------------------------------------------- checkpoints
 
@@ -414,7 +418,7 @@ class Trainer:
         if self.dist.is_main:
             description = {
                 "step": self.step, "epoch": epoch or self.epoch, "max_step": self.max_step,
-                "val_loss": self.best_val_loss if name == ts.BEST else self.last_val_loss,
+                "val_loss": self.best_val_loss if name == layout.BEST else self.last_val_loss,
                 "best_val_loss": self.best_val_loss,
                 "init_checkpoint": os.path.abspath(cfg.init_checkpoint) if cfg.init_checkpoint else None,
                 "backbone": "pretrained" if cfg.init_checkpoint else f"random init (seed {cfg.random_seed})",
@@ -435,7 +439,7 @@ class Trainer:
             folder = os.path.join(self.ckpt_root, name)
             ts.write_checkpoint(folder, self.model, description, state, full=self.full)
             if resumable:
-                ts.write_last(self.ckpt_root, name)
+                layout.write_last(self.ckpt_root, name)
         barrier()
         if resumable:
             self.last_save_step = self.step

@@ -1,7 +1,7 @@
 """A smaller copy of a prepared jsonl file, for quick runs (``scripts/run.sh --tiny``, the demo).
 
-    python -m lora_nlg.subset IN OUT --first 50              # the first 50 lines (e.g. *_unique.jsonl)
-    python -m lora_nlg.subset IN OUT --sample 2000 --seed 0  # 2000 random lines, kept in file order
+    python -m lora_nlg.data.subset IN OUT --first 50              # the first 50 lines (e.g. *_unique.jsonl)
+    python -m lora_nlg.data.subset IN OUT --sample 2000 --seed 0  # 2000 random lines, kept in file order
 
 Lines are copied byte for byte (ids, references and token ids unchanged), so predictions for the
 copy of a ``*_unique.jsonl`` are scored against that copy with ``eval/eval.sh``. Written
@@ -31,7 +31,7 @@ def take(lines, first=None, sample=None, seed=0):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lora_nlg.subset", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lora_nlg.data.subset", description=__doc__.split("\n\n")[0])
     p.add_argument("input")
     p.add_argument("output")
     how = p.add_mutually_exclusive_group(required=True)

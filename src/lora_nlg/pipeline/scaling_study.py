@@ -1,7 +1,7 @@
 """The alpha/r study: can r change without retuning the learning rate?
 
     bash scripts/scaling_study.sh [--out_dir runs/scaling_study] [--quick] [--seeds 1 2 ...]
-    python -m lora_nlg.scaling_study --help
+    python -m lora_nlg.pipeline.scaling_study --help
 
 The seed's rule of thumb (LoRA paper, section 4.1): scaling the update by alpha / r with alpha
 fixed makes the learning rate (nearly) independent of r. rsLoRA (Kalajdzievski 2023) argues that
@@ -37,19 +37,20 @@ from typing import Dict, List, Optional
 
 import torch
 
-from lora_nlg import datasets as D
-from lora_nlg.adapter_io import read_adapter, update_norms
+from lora_nlg.data import raw as D
+from lora_nlg.weights.adapter import read_adapter, update_norms
 from lora_nlg.atomic import atomic_write
-from lora_nlg.batching import FTDataset, collate, read_encoded
-from lora_nlg.checkpoint import load_pretrained, save_pretrained
+from lora_nlg.data.batching import FTDataset, collate
+from lora_nlg.data.files import read_encoded, write_encoded
+from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 from lora_nlg.cli import config_to_dict, parse_config
 from lora_nlg.jsonl import json_records
 from lora_nlg.model import GPT2_SIZES, GPT2Config, GPT2LMModel
-from lora_nlg.prepare import encode_pairs, write_jsonl
-from lora_nlg.sources import default_mirror
-from lora_nlg.tokenizer import EOS_ID, GPT2Tokenizer, default_vocab_dir
-from lora_nlg import trainer_state as ts
-from lora_nlg.train import main as train_main, token_loss_sum
+from lora_nlg.data.prepare import encode_pairs
+from lora_nlg.data.sources import default_mirror
+from lora_nlg.data.tokenizer import EOS_ID, GPT2Tokenizer, default_vocab_dir
+from lora_nlg.weights import layout
+from lora_nlg.train.loop import main as train_main, token_loss_sum
 
 RULES = ("alpha/r", "alpha/sqrt(r)")
 
@@ -155,9 +156,8 @@ def prepare_data(cfg: StudyConfig, data_dir: Path) -> int:
     compact = {g: k for k, g in enumerate(used)}
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, examples in files.items():
-        write_jsonl(data_dir / f"{name}.jsonl",
-                    ({"context": [compact[i] for i in c], "completion": [compact[i] for i in x]}
-                     for c, x in examples))
+        write_encoded(data_dir / f"{name}.jsonl",
+                      (([compact[i] for i in c], [compact[i] for i in x]) for c, x in examples))
     with atomic_write(data_dir / "vocab.json") as f:
         json.dump(used, f)
     return len(used)
@@ -190,7 +190,7 @@ def pretrain_backbone(cfg: StudyConfig, out: Path, vocab_size: int) -> Path:
             "--warmup_step", str(max(1, cfg.pretrain_steps // 10)), "--log_interval", str(cfg.pretrain_steps),
             "--eval_interval", str(cfg.pretrain_steps), "--save_interval", str(cfg.pretrain_steps),
             "--random_seed", "0", "--work_dir", str(work), *_common(cfg)], cfg.threads)
-    return Path(ts.last_checkpoint(str(work))) / ts.FULL_MODEL
+    return Path(layout.last_checkpoint(str(work))) / layout.FULL_MODEL
 
 
 def lora_run(cfg: StudyConfig, out: Path, backbone: Path, backbone_stamp: dict,
@@ -215,7 +215,7 @@ def _lora_train(cfg: StudyConfig, out: Path, work: Path, backbone: Path, lr: flo
     seconds = time.time() - start
     records = [record for _, record in json_records(work / "log.jsonl")]
     valid = [x for x in records if x["kind"] == "valid"]
-    tensors, _, lora_config, _ = read_adapter(Path(ts.last_checkpoint(str(work))) / "adapter.safetensors")
+    tensors, _, lora_config, _ = read_adapter(Path(layout.last_checkpoint(str(work))) / layout.ADAPTER_FILE)
     norms = update_norms(tensors, lora_config)
     return {"lr": lr, "r": r, "rule": rule, "seed": seed, "scaling": lora_config.scaling,
             "update_norm": sum(norms.values()), "valid_loss": valid[-1]["loss"],

@@ -7,8 +7,10 @@ LM head tied to the token embedding. The tokenizer is GPT-2's own (``openai-comm
 import os
 from typing import Optional
 
-from lora_nlg.adapter_io import read_adapter
-from lora_nlg.checkpoint import CheckpointError, apply_lora_weights, load_pretrained, save_pretrained
+from lora_nlg.weights.adapter import read_adapter
+from lora_nlg.weights.tensors import CheckpointError
+from lora_nlg.weights.adapter import apply_lora_weights
+from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 from lora_nlg.lora import apply_lora
 from lora_nlg.model import GPT2LMModel
 

@@ -1,8 +1,8 @@
 """The results of ``scripts/run.sh``: test scores per seed, their mean and standard deviation.
 
-    python -m lora_nlg.results_table --dataset e2e --model_card gpt2.md --out_dir RUN RUN/seed-110 RUN/seed-111 ...
+    python -m lora_nlg.pipeline.results_table --dataset e2e --model_card gpt2.md --out_dir RUN RUN/seed-110 RUN/seed-111 ...
 
-Each seed folder holds ``selection.json`` (``lora_nlg.model_selection``: the checkpoint chosen on
+Each seed folder holds ``selection.json`` (``lora_nlg.pipeline.model_selection``: the checkpoint chosen on
 the dev set) and ``test/eval.<protocol>.json`` (``eval/eval.sh --json``). Written into
 ``--out_dir``: ``results.json`` (every seed's scores as eval.sh reports them, and per protocol,
 subset and metric the mean, the sample standard deviation (n - 1; null for one seed), n and the
@@ -19,21 +19,8 @@ import sys
 from typing import Dict, List, Optional
 
 from lora_nlg.atomic import atomic_write
+from lora_nlg.catalog import DATASETS
 
-# The LoRA paper's test figures (Hu et al. 2021, Tables 3 and 13/14, REFERENCE.md), on the
-# scale results.md prints: E2E BLEU/METEOR/ROUGE_L x 100, WebNLG/DART BLEU 0..100, METEOR/TER 0..1.
-PAPER = {
-    ("e2e", "gpt2.md"): {"all": {"BLEU": 70.4, "NIST": 8.85, "METEOR": 46.8, "ROUGE_L": 71.8, "CIDEr": 2.53}},
-    ("e2e", "gpt2.lg"): {"all": {"BLEU": 70.4, "NIST": 8.89, "METEOR": 46.8, "ROUGE_L": 72.0, "CIDEr": 2.47}},
-    ("webnlg", "gpt2.md"): {"all": {"BLEU": 55.3, "METEOR": 0.41, "TER": 0.39},
-                            "seen": {"BLEU": 62.1, "METEOR": 0.44, "TER": 0.33},
-                            "unseen": {"BLEU": 46.7, "METEOR": 0.38, "TER": 0.46}},
-    ("webnlg", "gpt2.lg"): {"all": {"BLEU": 57.0, "METEOR": 0.42, "TER": 0.38},
-                            "seen": {"BLEU": 64.0, "METEOR": 0.45, "TER": 0.32},
-                            "unseen": {"BLEU": 48.4, "METEOR": 0.39, "TER": 0.45}},
-    ("dart", "gpt2.md"): {"all": {"BLEU": 47.1, "METEOR": 0.39, "TER": 0.46}},
-    ("dart", "gpt2.lg"): {"all": {"BLEU": 47.5, "METEOR": 0.39, "TER": 0.45}},
-}
 PERCENT = {"e2e": {"BLEU", "METEOR", "ROUGE_L"}}  # printed x 100 in results.md
 DIGITS = {"BLEU": 2, "NIST": 2, "METEOR": 3, "ROUGE_L": 2, "CIDEr": 3, "TER": 3}  # on the printed scale
 PAPER_PROTOCOL = "paper"  # the paper's figures came from microsoft's pipeline
@@ -120,7 +107,7 @@ def markdown(result: Dict) -> str:
             cells = [_cell(summaries[m], 100.0 if m in percent else 1.0, 2 if m in percent else DIGITS.get(m, 4))
                      for m in metrics]
             lines.append(f"| {subset} | " + " | ".join(cells) + " |")
-        paper = PAPER.get((ds, card)) if proto == PAPER_PROTOCOL else None
+        paper = DATASETS[ds].paper_results.get(card) if proto == PAPER_PROTOCOL else None
         if paper:
             for subset, scores in paper.items():
                 lines.append(f"| paper ({subset}) | " + " | ".join(
@@ -144,9 +131,9 @@ def markdown(result: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lora_nlg.results_table", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lora_nlg.pipeline.results_table", description=__doc__.split("\n\n")[0])
     p.add_argument("seed_dirs", nargs="+", help="one folder per seed (selection.json, test/eval.*.json)")
-    p.add_argument("--dataset", required=True, choices=("e2e", "webnlg", "dart"))
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--model_card", required=True)
     p.add_argument("--out_dir", required=True, help="where results.md and results.json go")
     args = p.parse_args(argv)
@@ -157,7 +144,7 @@ def main(argv=None) -> int:
         return 2
     result = {"dataset": args.dataset, "model_card": args.model_card, "seeds": [r["seed"] for r in runs],
               "summary": aggregate(runs), "runs": runs}
-    result["paper"] = PAPER.get((args.dataset, args.model_card))
+    result["paper"] = DATASETS[args.dataset].paper_results.get(args.model_card)
     os.makedirs(args.out_dir, exist_ok=True)
     with atomic_write(os.path.join(args.out_dir, "results.json")) as f:
         json.dump(result, f, indent=2)

@@ -11,7 +11,7 @@ from typing import List, Literal, Optional
 
 from lora_nlg.lora import SCALING_RULES, TARGETS
 from lora_nlg.model import GPT2_SIZES
-from lora_nlg.optim import parse_cycle
+from lora_nlg.train.optim import parse_cycle
 
 ModelCard = Literal[tuple(GPT2_SIZES)]
 ScalingRule = Literal[tuple(SCALING_RULES)]

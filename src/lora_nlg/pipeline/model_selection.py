@@ -1,6 +1,6 @@
 """Pick the checkpoint (epoch) whose dev-set decoding has the highest BLEU (``scripts/run.sh``).
 
-    python -m lora_nlg.model_selection --dataset e2e --references data/e2e/valid_unique.jsonl \\
+    python -m lora_nlg.pipeline.model_selection --dataset e2e --references data/e2e/valid_unique.jsonl \\
         --out RUN/seed-110/selection.json epoch-1=RUN/seed-110/dev/epoch-1.jsonl epoch-2=...
 
 The paper reports each run's best epoch; keeping the last checkpoint instead gives E2E BLEU 68.6 to
@@ -18,12 +18,10 @@ import sys
 from typing import Dict, List, Tuple
 
 from lora_nlg.atomic import atomic_write
+from lora_nlg.catalog import DATASETS
 from lora_nlg.metrics import protocol
 from lora_nlg.metrics.bleu import bleu
 from lora_nlg.metrics.references import FormatError, pair, read_predictions, read_references
-
-BLEU_VARIANT = {"e2e": "mteval", "webnlg": "multi-bleu-detok", "dart": "multi-bleu-detok"}
-
 
 def dev_bleu(dataset: str, predictions: str, refs, references: str) -> float:
     """Corpus BLEU of ``predictions`` (every input once, all its references; subset ``all``) against
@@ -32,7 +30,7 @@ def dev_bleu(dataset: str, predictions: str, refs, references: str) -> float:
     pairs = pair(found, keyed_by, refs, predictions, references)
     prepared = protocol.prepare(pairs, dataset, "official")
     rows = prepared.subsets["all"]
-    return bleu([prepared.hyps[i] for i in rows], [prepared.refs[i] for i in rows], BLEU_VARIANT[dataset])
+    return bleu([prepared.hyps[i] for i in rows], [prepared.refs[i] for i in rows], DATASETS[dataset].dev_bleu)
 
 
 def select(dataset: str, references: str, candidates: List[Tuple[str, str]]) -> Dict:
@@ -42,7 +40,7 @@ def select(dataset: str, references: str, candidates: List[Tuple[str, str]]) -> 
     refs = read_references(references)
     scores = {name: dev_bleu(dataset, path, refs, references) for name, path in candidates}
     best = max(scores, key=scores.get)  # the first of equal scores
-    return {"dataset": dataset, "metric": f"BLEU ({BLEU_VARIANT[dataset]}, official protocol, dev set)",
+    return {"dataset": dataset, "metric": f"BLEU ({DATASETS[dataset].dev_bleu}, official protocol, dev set)",
             "references": references, "predictions": dict(candidates), "scores": scores, "chosen": best}
 
 
@@ -54,10 +52,10 @@ def _candidate(text: str) -> Tuple[str, str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lora_nlg.model_selection", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lora_nlg.pipeline.model_selection", description=__doc__.split("\n\n")[0])
     p.add_argument("candidates", nargs="+", type=_candidate, metavar="NAME=PREDICTIONS",
                    help="a checkpoint's name and its dev predictions (gpt2_beam.py jsonl)")
-    p.add_argument("--dataset", required=True, choices=sorted(BLEU_VARIANT))
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--references", required=True, help="the dev *_unique.jsonl the predictions answer")
     p.add_argument("--out", required=True, help="JSON report: every candidate's BLEU and the chosen one")
     args = p.parse_args(argv)

@@ -2,10 +2,10 @@
 
 `encoder.json` maps the 50,257 byte-level tokens to ids (`<|endoftext|>` is 50256) and
 `vocab.bpe` holds the 50,000 merges in rank order. The `tokenizers` library runs the same
-algorithm as OpenAI's `encoder.py` (which the seed used): the GPT-2 regex splits the text into
+algorithm as OpenAI's `encoder.py` (which upstream used): the GPT-2 regex splits the text into
 words, each word's UTF-8 bytes are mapped to printable characters, and merges are applied by rank.
 
-`<|endoftext|>` is an ordinary string to `encode`, as in the seed's encoder: a data text that
+`<|endoftext|>` is an ordinary string to `encode`, as in upstream's encoder: a data text that
 happens to contain it is never turned into the end-of-text id. The id is added explicitly
 (`eos_id`) where a sequence needs it.
 """
@@ -15,25 +15,25 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from lora_nlg.data.sources import REPO, default_mirror
+
 EOS_TOKEN = "<|endoftext|>"
 EOS_ID = 50256
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
-
-_REPO = Path(__file__).resolve().parents[2]
 
 
 def default_vocab_dir():
     """Where the GPT-2 vocabulary lives.
 
     In order: env `NLG_VOCAB_DIR`; `<repo>/data/gpt2-vocab` (written by scripts/create_datasets.sh);
-    `<mirror>/gpt2-vocab` with mirror = env `NLG_DATA_MIRROR`, else `<repo>/../shared/data`.
+    `<mirror>/gpt2-vocab` with the data mirror of `sources.default_mirror()` (env `NLG_DATA_MIRROR`,
+    else `<repo>/../shared/data`).
     """
     env = os.environ.get("NLG_VOCAB_DIR")
     if env:
         return Path(env)
-    candidates = [_REPO / "data" / "gpt2-vocab"]
-    mirror = os.environ.get("NLG_DATA_MIRROR")
-    candidates.append(Path(mirror) / "gpt2-vocab" if mirror else _REPO.parent / "shared" / "data" / "gpt2-vocab")
+    mirror = default_mirror()
+    candidates = [REPO / "data" / "gpt2-vocab"] + ([mirror / "gpt2-vocab"] if mirror else [])
     for folder in candidates:
         if all((folder / name).is_file() for name in VOCAB_FILES):
             return folder

@@ -52,13 +52,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from lora_nlg.adapter_io import (MODULE_SLICES, enabled_slices, model_config_from_metadata, read_adapter,
-                                 skeleton, write_adapter)
+from lora_nlg.weights.adapter import (MODULE_SLICES, enabled_slices, model_config_from_metadata, read_adapter, skeleton, write_adapter)
 from lora_nlg.atomic import atomic_write
-from lora_nlg.checkpoint import METADATA_KEY, CheckpointError, apply_lora_weights, read_tensors
+from lora_nlg.weights.layout import METADATA_KEY
+from lora_nlg.weights.tensors import CheckpointError, read_tensors
+from lora_nlg.weights.adapter import apply_lora_weights
 from lora_nlg.lora import TARGETS, LoRAConfig
 from lora_nlg.model import GPT2_SIZES, GPT2Config
-from lora_nlg.pretrained import HUB_NAMES
+from lora_nlg.catalog import HUB_NAMES
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")

@@ -43,7 +43,9 @@ import sys
 from typing import Dict, Hashable, List, Literal, Optional, Tuple
 
 from lora_nlg.atomic import atomic_write
+from lora_nlg.catalog import DATASETS
 from lora_nlg.cli import parse_config
+from lora_nlg.data.files import read_formatted, read_predictions, unique_records, upstream_cut, upstream_tokenize
 from lora_nlg.jsonl import json_records
 
 PROTOCOLS = ("paper", "official")
@@ -66,7 +68,7 @@ class DecodeConfig:
     """The hypothesis file (one line per scored input)."""
     ref_unique_file: Optional[str] = None
     """Seed's: one int per line of a *_formatted.jsonl, the group of that line (default: its context)."""
-    ref_type: Literal["e2e", "webnlg", "dart"] = "e2e"
+    ref_type: Literal[tuple(DATASETS)] = "e2e"
     """e2e: one reference file, inputs separated by blank lines; webnlg / dart: GenerationEval's files."""
     ref_num: int = 4
     """paper protocol, WebNLG / DART: the number of reference files (the paper's commands use 6)."""
@@ -109,91 +111,49 @@ class Group:
     hypothesis: Optional[str] = None
 
 
-def standard_tokenize(text: str) -> str:
-    """The seed's tokenizer: split off every non-word character, squeeze whitespace."""
-    return " ".join(" ".join(re.split(r"(\W)", text)).split())
-
-
 def post_process(text: str, tokenize: bool, lower: bool) -> str:
     text = _LINE_BREAK.sub(" ", text)
     if lower:
         text = text.lower()
     if tokenize:
-        text = standard_tokenize(text)
+        text = upstream_tokenize(text)
     return text
-
-
-def seed_text(decoded: str) -> str:
-    """The seed's cleaning of a decoded prediction or reference."""
-    return decoded.split("<|endoftext|>")[0].split("\n\n")[0].strip()
 
 
 # ------------------------------------------------------------------------------------- reading
 
 def read_sources(path: str, ref_unique_file: Optional[str] = None) -> Tuple[List[Source], str]:
     """The input file's lines and its kind ('unique' or 'formatted')."""
-    records = list(json_records(path))
-    if not records:
+    first = next(json_records(path), None)
+    if first is None:
         raise ValueError(f"{path}: empty")
-    if "references" in records[0][1]:
+    if "references" in first[1]:
         if ref_unique_file:
-            raise ValueError(f"--ref_unique_file is for the seed's *_formatted.jsonl; {path} already has one line per input")
-        sources, ids = [], set()
-        for line_no, item in records:
+            raise ValueError(f"--ref_unique_file is for upstream's *_formatted.jsonl; {path} already has one line per input")
+        sources = []
+        for line_no, item in unique_records(path, need=("id", "context", "references")):
             where = f"{path}:{line_no}"
-            for field in ("id", "context", "references"):
-                if field not in item:
-                    raise ValueError(f"{where}: missing field {field!r}")
             refs = item["references"]
-            if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
+            if not all(r.strip() for r in refs):
                 raise ValueError(f"{where}: 'references' must be a non-empty list of non-empty strings")
-            if item["id"] in ids:
-                raise ValueError(f"{where}: id {item['id']} appears twice")
-            ids.add(item["id"])
             sources.append(Source(item["id"], item["context"], ("id", item["id"]), [r.strip() for r in refs],
                                   item.get("seen"), f"{where} (id {item['id']})"))
         return sources, "unique"
+    rows = read_formatted(path)
     groups = None
     if ref_unique_file:
         with open(ref_unique_file, encoding="utf-8") as f:
             groups = [int(line) for line in f if line.strip()]
-        if len(groups) != len(records):
-            raise ValueError(f"{ref_unique_file}: {len(groups)} lines, {path} has {len(records)}")
+        if len(groups) != len(rows):
+            raise ValueError(f"{ref_unique_file}: {len(groups)} lines, {path} has {len(rows)}")
     sources = []
-    for i, (line_no, item) in enumerate(records):
-        where = f"{path}:{line_no}"
-        for field in ("context", "completion"):
-            if not isinstance(item.get(field), str):
-                raise ValueError(f"{where}: expected string fields 'context' and 'completion' "
-                                 f"(a *_formatted.jsonl) or 'references' (a *_unique.jsonl)")
-        ref = seed_text(item["completion"])
+    for i, row in enumerate(rows):
+        ref = upstream_cut(row.completion)
         if not ref:
-            raise ValueError(f"{where}: empty completion")
-        group = item["context"] if groups is None else groups[i]
-        sources.append(Source(i, group, group, [ref], item.get("cate"), where))
+            raise ValueError(f"{row.where}: empty completion")
+        group = row.context if groups is None else groups[i]
+        sources.append(Source(i, group, group, [ref], row.seen, row.where))
     return sources, "formatted"
-
-
-def read_predictions(path: str, vocab: Optional[str] = None) -> Dict[int, str]:
-    """id -> hypothesis text, in file order (ours: "text"; the seed's: decoded "predict")."""
-    tokenizer = None
-    out: Dict[int, str] = {}
-    for line_no, item in json_records(path):
-        where = f"{path}:{line_no}"
-        if not isinstance(item.get("id"), int):
-            raise ValueError(f"{where}: missing integer field 'id'")
-        if "text" in item:
-            text = item["text"]
-        elif "predict" in item:
-            if tokenizer is None:
-                from lora_nlg.tokenizer import GPT2Tokenizer
-
-                tokenizer = GPT2Tokenizer.from_dir(vocab)
-            text = seed_text(tokenizer.decode(item["predict"]))
-        else:
-            raise ValueError(f"{where}: expected 'text' (gpt2_beam.py) or 'predict' (the seed's beam output)")
-        out[item["id"]] = text.strip()
-    return out
 
 
 def keep_source(source: Source, which: str) -> bool:
@@ -275,7 +235,7 @@ def run(cfg: DecodeConfig) -> dict:
     if cfg.filter != "all" and cfg.ref_type != "webnlg":
         raise ValueError("--filter seen/unseen applies to WebNLG only")
     sources, kind = read_sources(cfg.input_file, cfg.ref_unique_file)
-    predictions = read_predictions(cfg.sample_file, cfg.vocab)
+    predictions = dict(read_predictions(cfg.sample_file, cfg.vocab))
     groups = build_groups(sources, predictions, cfg.protocol, cfg.filter)
     n_sources = sum(keep_source(s, cfg.filter) for s in sources)
     summary = {"protocol": cfg.protocol, "input_kind": kind, "inputs": len(groups), "input_lines": n_sources,

@@ -14,9 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .atomic import atomic_write
+from lora_nlg.atomic import atomic_write
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # the repository (src/lora_nlg/data/ is 3 below)
 SOURCES_JSON = REPO / "data" / "sources.json"
 MIRROR_ENV = "NLG_DATA_MIRROR"
 

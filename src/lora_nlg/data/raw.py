@@ -1,6 +1,6 @@
-"""Readers of E2E, WebNLG 2017 and DART: official raw files and the seed's files -> `Pair`s.
+"""Readers of the official E2E, WebNLG 2017 and DART files -> `Pair`s.
 
-A `Pair` is one (input, reference) pair: the context string exactly as the seed builds it, the
+A `Pair` is one (input, reference) pair: the context string exactly as upstream builds it, the
 reference text, and `input_key`, which tells which pairs share one input (E2E: the raw MR string;
 WebNLG and DART: the entry's position in the file). `unique_inputs` groups pairs into the
 one-line-per-input records used for decoding and scoring.
@@ -8,11 +8,11 @@ one-line-per-input records used for decoding and scoring.
 Context strings (microsoft/LoRA examples/NLG, see docs REFERENCE.md):
 - E2E: `name : Blue Spice | Type : coffee shop | area : city centre`, keys renamed (`eatType` ->
   `Type`, `priceRange` -> `price`, `familyFriendly` -> `family friendly`), values Moses-tokenized
-  (`£20-25` -> `£ 20 - 25`), as in the seed's `e2e/*.txt`;
+  (`£20-25` -> `£ 20 - 25`), as in upstream's `e2e/*.txt`;
 - WebNLG: `subject : property : object | ...` from the modified triples, only `good` lexicalisations;
 - DART: `subject : property : object | ...` with the property lower-cased, every annotation.
 
-Every reader fails on bad input with a `DataError` naming the file, the line or entry, and what
+Every reader fails on bad input with a `FormatError` naming the file, the line or entry, and what
 was expected.
 """
 import csv
@@ -26,15 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .jsonl import parse_json_lines
+from lora_nlg.catalog import SEEN_CATEGORIES
+from lora_nlg.errors import FormatError
 
-
-SEEN_CATEGORIES = frozenset(
-    ["Airport", "Astronaut", "Building", "City", "ComicsCharacter",
-     "Food", "Monument", "SportsTeam", "University", "WrittenWork"]
-)
-
-# E2E MR attribute -> the seed's context key.
+# E2E MR attribute -> upstream's context key.
 E2E_KEYS = {
     "name": "name",
     "eatType": "Type",
@@ -47,10 +42,6 @@ E2E_KEYS = {
 }
 
 _MR_ATTRIBUTE = re.compile(r"\s*([^\[\],]+?)\[([^\]]*)\]")
-
-
-class DataError(ValueError):
-    """Bad input: the message names the file, the line or entry, and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -69,21 +60,16 @@ def read_text(path):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from None
-
-
-def _display_name(path):
-    """The path as given, for messages (line numbers of `.xz` files count decompressed lines)."""
-    return str(path)
+        raise FormatError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from None
 
 
 def _nonempty(text, where, what):
     if text is None:  # an empty XML element
-        raise DataError(f"{where}: empty {what}")
+        raise FormatError(f"{where}: empty {what}")
     if not isinstance(text, str):
-        raise DataError(f"{where}: {what} must be a string, got {type(text).__name__}")
+        raise FormatError(f"{where}: {what} must be a string, got {type(text).__name__}")
     if not text.strip():
-        raise DataError(f"{where}: empty {what}")
+        raise FormatError(f"{where}: empty {what}")
     return text
 
 
@@ -99,7 +85,7 @@ def _moses():
 
 @functools.lru_cache(maxsize=None)
 def moses_tokenize(text):
-    """Moses English tokenization as in the seed's E2E files (aggressive dashes, no escaping)."""
+    """Moses English tokenization as in upstream's E2E files (aggressive dashes, no escaping)."""
     return _moses().tokenize(text, aggressive_dash_splits=True, escape=False, return_str=True).replace("@-@", "-")
 
 
@@ -109,7 +95,7 @@ _NUMBER = re.compile(r"\d+")
 
 def split_sentences(text):
     """Split after `[.!?]+` followed by whitespace, except after a number when the next word is
-    lower-case (`... 5. out of ...`); the seed's E2E files were tokenized sentence by sentence."""
+    lower-case (`... 5. out of ...`); upstream's E2E files were tokenized sentence by sentence."""
     sentences, start = [], 0
     for m in _SENTENCE_END.finditer(text):
         before = text[: m.start()].split()
@@ -122,8 +108,8 @@ def split_sentences(text):
     return [s for s in sentences if s]
 
 
-def e2e_seed_text(text):
-    """A reference tokenized the way the seed's `e2e/valid.txt` is (reproduces it line for line)."""
+def e2e_upstream_text(text):
+    """A reference tokenized the way upstream's `e2e/valid.txt` is (reproduces it line for line)."""
     return " ".join(moses_tokenize(s) for s in split_sentences(text))
 
 
@@ -132,12 +118,12 @@ def e2e_context(mr, where):
     attributes = _MR_ATTRIBUTE.findall(mr)
     rebuilt = ", ".join(f"{k}[{v}]" for k, v in attributes)
     if not attributes or rebuilt != mr.strip():
-        raise DataError(f"{where}: mr {mr!r} is not a list of 'attribute[value]' separated by ', '")
+        raise FormatError(f"{where}: mr {mr!r} is not a list of 'attribute[value]' separated by ', '")
     parts = []
     for key, value in attributes:
         key = key.strip()
         if key not in E2E_KEYS:
-            raise DataError(f"{where}: unknown MR attribute {key!r}; expected one of {', '.join(E2E_KEYS)}")
+            raise FormatError(f"{where}: unknown MR attribute {key!r}; expected one of {', '.join(E2E_KEYS)}")
         parts.append(f"{E2E_KEYS[key]} : {moses_tokenize(value)}")
     return " | ".join(parts)
 
@@ -146,43 +132,25 @@ def read_e2e_csv(path, text="raw"):
     """Official E2E CSV (`mr`, `ref` columns), one pair per row, in file order.
 
     text="raw": completions are the CSV references as written (what we train on);
-    text="moses": tokenized as the seed's `e2e/*.txt` files (the seed trained on these).
+    text="moses": tokenized as upstream's `e2e/*.txt` files (upstream trained on these).
     """
     if text not in ("raw", "moses"):
         raise ValueError(f"text must be 'raw' or 'moses', got {text!r}")
-    name = _display_name(path)
+    name = str(path)
     reader = csv.reader(io.StringIO(read_text(path), newline=""))
     header = next(reader, None)
     if header is None or [h.strip() for h in header] != ["mr", "ref"]:
-        raise DataError(f"{name}:1: expected the header 'mr,ref', got {header!r}")
+        raise FormatError(f"{name}:1: expected the header 'mr,ref', got {header!r}")
     pairs = []
     for row in reader:
         where = f"{name}:{reader.line_num}"
         if len(row) != 2:
-            raise DataError(f"{where}: expected 2 fields (mr, ref), got {len(row)}: {row!r}")
+            raise FormatError(f"{where}: expected 2 fields (mr, ref), got {len(row)}: {row!r}")
         mr, ref = row
         _nonempty(mr, where, "mr")
         _nonempty(ref, where, "reference (ref)")
-        completion = ref if text == "raw" else e2e_seed_text(ref)
+        completion = ref if text == "raw" else e2e_upstream_text(ref)
         pairs.append(Pair(e2e_context(mr, where), completion, mr, where))
-    return pairs
-
-
-def read_e2e_seed_txt(path):
-    """The seed's E2E lines `context||text` (microsoft/LoRA `data/e2e/*.txt`), split as the seed's
-    `format_converting_e2e.py` does (line stripped, then split on `||`). Pairs with the same
-    context share an input, as in the seed's decoder."""
-    name = _display_name(path)
-    pairs = []
-    for line_no, line in enumerate(read_text(path).splitlines(), 1):
-        where = f"{name}:{line_no}"
-        items = line.strip().split("||")
-        if len(items) != 2:
-            raise DataError(f"{where}: expected 'context||text', found {len(items) - 1} '||' separators")
-        context, completion = items
-        _nonempty(context, where, "context")
-        _nonempty(completion, where, "reference")
-        pairs.append(Pair(context, completion, context, where))
     return pairs
 
 
@@ -194,35 +162,35 @@ def _triples_context(triples):
 
 
 def read_webnlg_xml(paths):
-    """WebNLG 2017 challenge XML files, in the given order (the seed's order: sorted paths).
+    """WebNLG 2017 challenge XML files, in the given order (upstream's order: sorted paths).
     One pair per `good` lexicalisation; `input_key` = running entry number over all files."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     pairs, n_entry = [], 0
     for path in paths:
-        name = _display_name(path)
+        name = str(path)
         try:
             root = ET.fromstring(read_text(path))
         except ET.ParseError as e:
             line, column = e.position
-            raise DataError(f"{name}:{line}:{column}: malformed XML ({e})") from None
+            raise FormatError(f"{name}:{line}:{column}: malformed XML ({e})") from None
         entries = root.findall("./entries/entry")
         if not entries:
-            raise DataError(f"{name}: no <benchmark><entries><entry> elements")
+            raise FormatError(f"{name}: no <benchmark><entries><entry> elements")
         for entry in entries:
             n_entry += 1
             where = f"{name} entry {entry.get('eid', '?')}"
             category = entry.get("category")
             if not category:
-                raise DataError(f"{where}: missing attribute 'category'")
+                raise FormatError(f"{where}: missing attribute 'category'")
             mtriples = entry.findall("./modifiedtripleset/mtriple")
             if not mtriples:
-                raise DataError(f"{where}: no <modifiedtripleset><mtriple>")
+                raise FormatError(f"{where}: no <modifiedtripleset><mtriple>")
             triples = []
             for mtriple in mtriples:
                 parts = (mtriple.text or "").split(" | ")
                 if len(parts) != 3:
-                    raise DataError(f"{where}: mtriple {mtriple.text!r}: expected 'subject | property | object'")
+                    raise FormatError(f"{where}: mtriple {mtriple.text!r}: expected 'subject | property | object'")
                 triples.append(parts)
             context = _triples_context(triples)
             for lex in entry.findall("./lex"):
@@ -230,43 +198,6 @@ def read_webnlg_xml(paths):
                     continue
                 text = _nonempty(lex.text, f"{where} lex {lex.get('lid', '?')}", "reference (lex)")
                 pairs.append(Pair(context, text, n_entry, where, category))
-    return pairs
-
-
-def read_webnlg_seed_json(path):
-    """The seed's WebNLG JSON (microsoft/LoRA `webnlg_challenge_2017/{train,dev,test}.json`), read
-    as its `format_converting_webnlg.py` does. Gives the same pairs as `read_webnlg_xml`."""
-    name = _display_name(path)
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{name}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-        raise DataError(f"{name}: expected an object with a list 'entries'")
-    pairs = []
-    for i, item in enumerate(data["entries"], 1):
-        where = f"{name} entry {i}"
-        entry = item.get(str(i)) if isinstance(item, dict) else None
-        if not isinstance(entry, dict):
-            raise DataError(f"{where}: expected {{\"{i}\": ENTRY}}")
-        for field in ("category", "modifiedtripleset", "lexicalisations"):
-            if field not in entry:
-                raise DataError(f"{where}: missing field {field!r}")
-        triples = []
-        for t in entry["modifiedtripleset"]:
-            missing = [k for k in ("subject", "property", "object") if k not in t]
-            if missing:
-                raise DataError(f"{where}: modifiedtripleset item missing {', '.join(missing)}")
-            triples.append((t["subject"], t["property"], t["object"]))
-        if not triples:
-            raise DataError(f"{where}: empty 'modifiedtripleset'")
-        context = _triples_context(triples)
-        for j, lex in enumerate(entry["lexicalisations"]):
-            if "comment" not in lex or "lex" not in lex:
-                raise DataError(f"{where} lexicalisation {j}: missing field 'comment' or 'lex'")
-            if lex["comment"] == "good":
-                text = _nonempty(lex["lex"], f"{where} lexicalisation {j}", "reference (lex)")
-                pairs.append(Pair(context, text, i, where, entry["category"]))
     return pairs
 
 
@@ -289,56 +220,39 @@ def read_dart_json(path, empty_references="error"):
     """
     if empty_references not in ("error", "drop"):
         raise ValueError(f"empty_references must be 'error' or 'drop', got {empty_references!r}")
-    name = _display_name(path)
+    name = str(path)
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise DataError(f"{name}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
+        raise FormatError(f"{name}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
     if not isinstance(data, list):
-        raise DataError(f"{name}: expected a JSON list of entries")
+        raise FormatError(f"{name}: expected a JSON list of entries")
     pairs = PairList()
     for i, entry in enumerate(data):
         where = f"{name} entry {i}"
         if not isinstance(entry, dict):
-            raise DataError(f"{where}: expected an object with 'tripleset' and 'annotations'")
+            raise FormatError(f"{where}: expected an object with 'tripleset' and 'annotations'")
         for field in ("tripleset", "annotations"):
             if field not in entry:
-                raise DataError(f"{where}: missing field {field!r}")
+                raise FormatError(f"{where}: missing field {field!r}")
         triples = []
         for j, triple in enumerate(entry["tripleset"]):
             if not isinstance(triple, list) or len(triple) != 3:
-                raise DataError(f"{where} triple {j}: expected [subject, property, object], got {triple!r}")
+                raise FormatError(f"{where} triple {j}: expected [subject, property, object], got {triple!r}")
             s, p, o = triple
             triples.append((s, p.lower(), o))
         if not triples:
-            raise DataError(f"{where}: empty 'tripleset'")
+            raise FormatError(f"{where}: empty 'tripleset'")
         context = _triples_context(triples)
         for j, annotation in enumerate(entry["annotations"]):
             at = f"{where} annotation {j}"
             if not isinstance(annotation, dict) or "text" not in annotation:
-                raise DataError(f"{at}: missing field 'text'")
+                raise FormatError(f"{at}: missing field 'text'")
             text = annotation["text"]
             if empty_references == "drop" and isinstance(text, str) and not text.strip():
                 pairs.dropped.append(at)
                 continue
             pairs.append(Pair(context, _nonempty(text, at, "reference (text)"), i, where))
-    return pairs
-
-
-# ----------------------------------------------------------------------------------------------
-# The seed's formatted jsonl ({"context", "completion"} per line)
-
-def read_formatted_jsonl(path):
-    """The seed's `*_formatted.jsonl`; pairs with the same context share an input."""
-    name = _display_name(path)
-    pairs = []
-    for line_no, item in parse_json_lines(read_text(path).splitlines(), name, DataError):
-        where = f"{name}:{line_no}"
-        for field in ("context", "completion"):
-            if field not in item:
-                raise DataError(f"{where}: missing field {field!r}")
-        context = _nonempty(item["context"], where, "context")
-        pairs.append(Pair(context, _nonempty(item["completion"], where, "completion"), context, where))
     return pairs
 
 
@@ -360,6 +274,6 @@ def unique_inputs(pairs):
             by_key[pair.input_key] = record
             records.append(record)
         elif record["context"] != pair.context:
-            raise DataError(f"{pair.where}: context {pair.context!r} differs from its input's {record['context']!r}")
+            raise FormatError(f"{pair.where}: context {pair.context!r} differs from its input's {record['context']!r}")
         record["references"].append(pair.completion)
     return records

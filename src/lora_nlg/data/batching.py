@@ -1,62 +1,22 @@
-"""From encoded files to training batches that are padded only to their own longest sequence.
+"""Training batches that are padded only to their own longest sequence.
 
-- `read_encoded`: the seed's encoded jsonl (`{"context": [ids], "completion": [ids]}` per line).
-- `FTDataset`: one example -> input ids, next-token labels and the loss mask (the seed's rule).
-- `collate`: right-pads a batch to ITS longest sequence (the seed padded everything to 512).
+- `FTDataset`: one example (`files.read_encoded`) -> input ids, next-token labels and the loss mask
+  (upstream's rule).
+- `collate`: right-pads a batch to ITS longest sequence.
 - `BucketBatchSampler`: seeded, length-bucketed, shuffled batches of similar lengths; under
   torchrun each rank takes a disjoint slice of every global batch, and every rank gets the
   same number of steps.
-- `read_unique`: the `*_unique.jsonl` files (one line per input) that decoding reads.
 """
 import logging
 
 import numpy as np
 import torch
 
-from lora_nlg.jsonl import json_records
-
 logger = logging.getLogger(__name__)
 
 
-def _is_ids(value):
-    return isinstance(value, list) and all(type(i) is int and i >= 0 for i in value)
-
-
-def read_encoded(path):
-    """The seed's encoded jsonl -> [(context ids, completion ids)], in file order."""
-    examples = []
-    for line_no, item in json_records(path):
-        pair = []
-        for field in ("context", "completion"):
-            if field not in item:
-                raise ValueError(f"{path}:{line_no}: missing field '{field}' (expected 'context' and 'completion')")
-            if not _is_ids(item[field]) or not item[field]:
-                raise ValueError(f"{path}:{line_no}: field '{field}' must be a non-empty list of token ids (ints >= 0)")
-            pair.append(item[field])
-        examples.append(tuple(pair))
-    return examples
-
-
-def read_unique(path):
-    """A `*_unique.jsonl` file -> list of dicts: id, context, context_ids, references[, category, seen]."""
-    records = []
-    for line_no, item in json_records(path):
-        expected = {"id": lambda v: type(v) is int, "context": lambda v: isinstance(v, str),
-                    "context_ids": lambda v: _is_ids(v) and bool(v),
-                    "references": lambda v: isinstance(v, list) and bool(v) and all(isinstance(r, str) for r in v)}
-        for field, ok in expected.items():
-            if field not in item:
-                raise ValueError(f"{path}:{line_no}: missing field '{field}'")
-            if not ok(item[field]):
-                what = {"id": "an int", "context": "a string", "context_ids": "a non-empty list of token ids",
-                        "references": "a non-empty list of strings"}[field]
-                raise ValueError(f"{path}:{line_no}: field '{field}' must be {what}")
-        records.append(item)
-    return records
-
-
 class FTDataset(torch.utils.data.Dataset):
-    """Fine-tuning examples as (input, next-token labels, loss mask), the seed's `FT_Dataset` rule
+    """Fine-tuning examples as (input, next-token labels, loss mask), upstream's `FT_Dataset` rule
     without its padding to seq_len:
 
         input     = (context + completion)[:seq_len]                     length n
@@ -64,7 +24,7 @@ class FTDataset(torch.utils.data.Dataset):
         clm:  loss_mask[t] = 1 where labels[t] is a completion token (len(context) - 1 <= t < n - 1)
         jlm:  loss_mask[t] = 1 for every t < n - 1
 
-    A sequence longer than seq_len keeps its first seq_len tokens, as the seed does; the seed's last
+    A sequence longer than seq_len keeps its first seq_len tokens, as upstream does; upstream's last
     label is then the cut-off next token, masked out, here 0 and masked out (same loss).
     """
 

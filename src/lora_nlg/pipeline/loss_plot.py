@@ -1,6 +1,6 @@
 """A PNG of training and validation loss from ``gpt2_ft.py`` work dirs (their ``log.jsonl``).
 
-    python -m lora_nlg.loss_plot --out loss.png "pretraining=demo_out/pretrain" "LoRA=demo_out/run/seed-110"
+    python -m lora_nlg.pipeline.loss_plot --out loss.png "pretraining=demo_out/pretrain" "LoRA=demo_out/run/seed-110"
 
 One panel per work dir, titled by the name before ``=``: the training loss of every logged interval
 (label-smoothed when the run's ``label_smooth`` > 0, which the legend then says: smoothing over
@@ -13,7 +13,7 @@ import sys
 from typing import Dict, List, Tuple
 
 from lora_nlg.jsonl import json_records
-from lora_nlg.run_log import LOG_FILE
+from lora_nlg.train.log import LOG_FILE
 
 
 def read_log(work_dir: str) -> Dict[str, List[Tuple[int, float]]]:
@@ -75,7 +75,7 @@ def _run(text: str) -> Tuple[str, str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lora_nlg.loss_plot", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lora_nlg.pipeline.loss_plot", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=_run, metavar="[TITLE=]WORK_DIR")
     p.add_argument("--out", required=True, help="PNG file to write")
     args = p.parse_args(argv)

@@ -38,19 +38,21 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 
-from lora_nlg.adapter_io import lora_config_from_metadata, model_config_from_metadata
-from lora_nlg.atomic import atomic_write
-from lora_nlg.batching import read_encoded, read_unique
-from lora_nlg.beam import EOS_ID, BeamSettings, beam_search
-from lora_nlg.checkpoint import (ADAPTER_FILE, LORA_KEY, CheckpointError, apply_lora_weights, load_lora,
-                                 load_pretrained, lora_config_from_tensors, read_tensors)
+from lora_nlg.beam import BeamSettings, beam_search
 from lora_nlg.cli import parse_config, save_config
+from lora_nlg.data.files import read_encoded, read_unique, upstream_cut, write_predictions
+from lora_nlg.data.tokenizer import EOS_ID
 from lora_nlg.distributed import barrier, cleanup, gather_objects, init_distributed
 from lora_nlg.jsonl import json_records
 from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora
 from lora_nlg.model import GPT2Config, GPT2LMModel
+from lora_nlg.weights.adapter import (apply_lora_weights, load_lora, lora_config_from_metadata,
+                                      model_config_from_metadata)
+from lora_nlg.weights.backbone import load_pretrained
+from lora_nlg.weights.layout import checkpoint_kind
+from lora_nlg.weights.tensors import CheckpointError
+from lora_nlg.weights.upstream import lora_config_from_tensors
 
-FULL_MODEL_DIR = "model"  # a training checkpoint's merged model (trainer_state.FULL_MODEL)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -141,12 +143,7 @@ def read_inputs(path: str) -> List[Tuple[int, List[int]]]:
     """(output id, prompt ids) per input: a *_unique.jsonl or the seed's encoded jsonl."""
     line_no, item = _first_record(path)
     if "context_ids" in item:
-        records = read_unique(path)
-        ids = [r["id"] for r in records]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise ValueError(f"{path}: id {dup} appears more than once")
-        return [(r["id"], list(r["context_ids"])) for r in records]
+        return [(r["id"], list(r["context_ids"])) for r in read_unique(path)]
     if "context" in item and isinstance(item["context"], list):
         return [(i, list(context)) for i, (context, _) in enumerate(read_encoded(path))]
     raise ValueError(f"{path}:{line_no}: expected a *_unique.jsonl line (id, context_ids, ...) or the "
@@ -156,31 +153,10 @@ def read_inputs(path: str) -> List[Tuple[int, List[int]]]:
 def text_of(tokenizer, token_ids: List[int], stop_ids) -> str:
     """Decoded text cut at the first stop token and at the first blank line, stripped (the seed's)."""
     cut = next((i for i, t in enumerate(token_ids) if t in stop_ids), len(token_ids))
-    text = tokenizer.decode(token_ids[:cut])
-    return text.split("<|endoftext|>")[0].split("\n\n")[0].strip()
+    return upstream_cut(tokenizer.decode(token_ids[:cut]))
 
 
 # -------------------------------------------------------------------------------------- model
-
-def _checkpoint_kind(path: str) -> Tuple[str, str]:
-    """('adapter' | 'seed_lora' | 'full', the path to load)."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"--init_checkpoint {path}: no such file or folder")
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, ADAPTER_FILE)):
-            return "adapter", os.path.join(path, ADAPTER_FILE)
-        if os.path.isdir(os.path.join(path, FULL_MODEL_DIR)):
-            return "full", os.path.join(path, FULL_MODEL_DIR)
-        return "full", path
-    if path.endswith(".safetensors"):
-        tensors, metadata = load_lora(path)
-        if metadata is not None or all(LORA_KEY.fullmatch(k) for k in tensors):
-            return "adapter", path
-        return "full", path
-    if any(LORA_KEY.fullmatch(k[len("module."):] if k.startswith("module.") else k) for k in read_tensors(path)):
-        return "seed_lora", path
-    return "full", path
-
 
 def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]) -> LoRAConfig:
     """The LoRA config to decode with: the stored one, checked against the flags."""
@@ -247,7 +223,7 @@ def load_decoding_model(cfg: BeamConfig, device, dtype=torch.float32) -> GPT2LMM
             raise ValueError("--lora_dim / --lora_alpha without --init_checkpoint: there is no LoRA to load")
         model = _backbone(cfg, None, cfg.model_card, "--pretrained_checkpoint")
     else:
-        kind, path = _checkpoint_kind(cfg.init_checkpoint)
+        kind, path = checkpoint_kind(cfg.init_checkpoint)
         if kind == "full":
             if cfg.lora_dim or cfg.lora_alpha is not None:
                 _say(f"warning: {path} is a full model without LoRA tensors: --lora_dim / --lora_alpha ignored")
@@ -313,7 +289,7 @@ def run(cfg: BeamConfig) -> Optional[str]:
 
 
 def _write(cfg: BeamConfig, unique, prompts, shares, stop_ids) -> str:
-    from lora_nlg.tokenizer import GPT2Tokenizer
+    from lora_nlg.data.tokenizer import GPT2Tokenizer
 
     decoded: Dict[int, List[int]] = {}
     for share in shares:
@@ -325,17 +301,14 @@ def _write(cfg: BeamConfig, unique, prompts, shares, stop_ids) -> str:
         raise RuntimeError(f"{len(unique) - len(decoded)} prompts were not decoded by any rank")
     tokenizer = GPT2Tokenizer.from_dir(cfg.vocab)
     stop = set(stop_ids)
-    lines = []
+    rows = []
     for i, prompt in enumerate(unique):
         text = text_of(tokenizer, decoded[i], stop)
-        for out_id in prompts[prompt]:
-            lines.append((out_id, {"id": out_id, "token_ids": decoded[i], "text": text}))
-    lines.sort(key=lambda x: x[0])
+        rows.extend((out_id, decoded[i], text) for out_id in prompts[prompt])
+    rows.sort(key=lambda row: row[0])
     work_dir = cfg.work_dir or os.getenv("PT_OUTPUT_DIR", "gpt2_model")
     path = os.path.join(work_dir, cfg.output_file)
-    with atomic_write(path) as f:
-        for _, record in lines:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_predictions(path, rows)
     save_config(cfg, os.path.splitext(path)[0] + ".config.yaml")
     return path
 

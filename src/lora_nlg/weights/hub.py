@@ -1,9 +1,9 @@
 """Fetch the pretrained GPT-2 checkpoints from the Hugging Face Hub, sha256-checked.
 
-    python -m lora_nlg.pretrained gpt2.md [gpt2.sm ...] [--out pretrained_checkpoints]
+    python -m lora_nlg.weights.hub gpt2.md [gpt2.sm ...] [--out pretrained_checkpoints]
 
 Each card becomes a Hugging Face GPT-2 folder ``<out>/<hub name>/`` (``config.json``,
-``model.safetensors``) that ``lora_nlg.checkpoint.load_pretrained`` reads. The expected sha256 of
+``model.safetensors``) that ``lora_nlg.weights.backbone.load_pretrained`` reads. The expected sha256 of
 ``model.safetensors`` is the one the Hub publishes for the file (its LFS object id, from the
 ``/api/models/<repo>/tree/<revision>`` listing), or a pinned value from ``--sha256``; the
 download is written to a temporary file, hashed, and renamed only if the hash matches. A mirror
@@ -20,13 +20,9 @@ import tempfile
 import urllib.error
 import urllib.request
 
+from lora_nlg.catalog import HUB_NAMES
+
 HUB = "https://huggingface.co"
-HUB_NAMES = {
-    "gpt2.sm": "openai-community/gpt2",
-    "gpt2.md": "openai-community/gpt2-medium",
-    "gpt2.lg": "openai-community/gpt2-large",
-    "gpt2.xl": "openai-community/gpt2-xl",
-}
 FILES = ("config.json", "model.safetensors")
 
 

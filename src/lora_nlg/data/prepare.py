@@ -1,12 +1,13 @@
-"""Raw E2E / WebNLG 2017 / DART files -> the files training and decoding read (docs/CONVENTIONS.md).
+"""Raw E2E / WebNLG 2017 / DART files -> the files training and decoding read (docs/CONVENTIONS.md);
+and ``gpt2_encode.py``, which encodes one formatted file.
 
     bash scripts/create_datasets.sh [e2e|webnlg|dart|all ...] [--mirror DIR] [--force] ...
-    python -m lora_nlg.prepare --datasets e2e webnlg [--mirror DIR] [--data_dir DIR] [--no_download]
+    python -m lora_nlg.data.prepare --datasets e2e webnlg [--mirror DIR] [--data_dir DIR] [--no_download]
 
-For each dataset and split, under `data/<ds>/`:
-- `<split>_formatted.jsonl`: the seed's text form, one `{"context", "completion"}` per pair
-  (WebNLG lines also carry the seed's `"cate"`: category is seen);
-- `<split>.jsonl`: the seed's encoded form, `context` = BPE(context) + [50256],
+For each dataset and split, under `data/<folder>/` (``lora_nlg.catalog``):
+- `<split>_formatted.jsonl`: upstream's text form, one `{"context", "completion"}` per pair
+  (WebNLG lines also carry upstream's `"cate"`: category is seen);
+- `<split>.jsonl`: upstream's encoded form, `context` = BPE(context) + [50256],
   `completion` = BPE(" " + completion) + [50256];
 - valid/test also `<split>_unique.jsonl`: one line per input, `{"id", "context", "context_ids",
   "references"}` (+ `"category", "seen"` for WebNLG), ids 0.. in order of first appearance.
@@ -24,43 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Literal, Optional
 
-from . import datasets as D
-from .atomic import atomic_write
-from .cli import parse_config
-from .sources import REPO, SourceError, default_mirror, fetch, load_sources
-from .tokenizer import EOS_ID, VOCAB_FILES, GPT2Tokenizer
+from lora_nlg.atomic import atomic_write
+from lora_nlg.catalog import DATASETS, SEEN_CATEGORIES
+from lora_nlg.cli import parse_config
+from lora_nlg.data import files
+from lora_nlg.data import raw as D
+from lora_nlg.data.sources import REPO, SourceError, default_mirror, fetch, load_sources
+from lora_nlg.data.tokenizer import EOS_ID, VOCAB_FILES, GPT2Tokenizer
+from lora_nlg.errors import FormatError
 
 VOCAB_KEYS = tuple("gpt2-vocab/" + name for name in VOCAB_FILES)
 SPLITS = ("train", "valid", "test")
 UNIQUE_SPLITS = ("valid", "test")
-
-# name -> output folder, reader, and the raw files of each split (patterns over data/sources.json
-# keys, matched files sorted: the seed's WebNLG order is sorted(glob('<split>/*/*.xml'))).
-DATASETS = {
-    "e2e": dict(
-        out="e2e",
-        reader="e2e_csv",
-        splits={"train": "e2e/trainset.csv", "valid": "e2e/devset.csv", "test": "e2e/testset_w_refs.csv"},
-    ),
-    "webnlg": dict(
-        out="webnlg_challenge_2017",
-        reader="webnlg_xml",
-        splits={
-            "train": "webnlg_challenge_2017/train/*/*.xml",
-            "valid": "webnlg_challenge_2017/dev/*/*.xml",
-            "test": "webnlg_challenge_2017/test/testdata_with_lex.xml",
-        },
-    ),
-    "dart": dict(
-        out="dart",
-        reader="dart_json",
-        splits={
-            "train": "dart/dart-v1.1.1-full-train.json",
-            "valid": "dart/dart-v1.1.1-full-dev.json",
-            "test": "dart/dart-v1.1.1-full-test.json",
-        },
-    ),
-}
 
 READERS = {
     "e2e_csv": lambda paths, opts: D.read_e2e_csv(paths[0], text=opts["e2e_text"]),
@@ -69,7 +45,7 @@ READERS = {
     "dart_json": lambda paths, opts: D.read_dart_json(paths[0], empty_references="drop"),
 }
 
-_CODE_FILES = ("datasets.py", "prepare.py", "tokenizer.py")
+_CODE_FILES = ("raw.py", "files.py", "prepare.py", "tokenizer.py")
 
 
 def _code_hash():
@@ -79,41 +55,24 @@ def _code_hash():
     return h.hexdigest()
 
 
-def _dump(obj):
-    # The seed writes json.dumps(x) (ASCII escapes, ", " separators); so do we, byte for byte.
-    return json.dumps(obj) + "\n"
-
-
-def write_jsonl(path, records):
-    with atomic_write(path) as f:
-        for record in records:
-            f.write(_dump(record))
-    os.chmod(path, 0o644)  # the temporary file was created private (0600)
-
-
 def encode_pairs(tokenizer, pairs):
-    """Seed encoding: context BPE + [BOS]; BPE(" " + completion) + [EOS]; BOS = EOS = 50256."""
+    """Upstream's encoding: context BPE + [BOS]; BPE(" " + completion) + [EOS]; BOS = EOS = 50256."""
     contexts = sorted({p.context for p in pairs})
     context_ids = dict(zip(contexts, (ids + [EOS_ID] for ids in tokenizer.encode_batch(contexts))))
     completions = tokenizer.encode_batch([" " + p.completion for p in pairs])
     return [(context_ids[p.context], ids + [EOS_ID]) for p, ids in zip(pairs, completions)], context_ids
 
 
-def formatted_record(pair):
-    record = {"context": pair.context, "completion": pair.completion}
-    if pair.category is not None:
-        record["cate"] = pair.category in D.SEEN_CATEGORIES
-    return record
-
-
 def write_split(out_dir, split, pairs, tokenizer):
     """Write the split's formatted, encoded and (valid/test) unique files; return the input count."""
     encoded, context_ids = encode_pairs(tokenizer, pairs)
-    write_jsonl(out_dir / f"{split}_formatted.jsonl", (formatted_record(p) for p in pairs))
-    write_jsonl(out_dir / f"{split}.jsonl", ({"context": c, "completion": t} for c, t in encoded))
+    files.write_formatted(out_dir / f"{split}_formatted.jsonl",
+                          ((p.context, p.completion, None if p.category is None else p.category in SEEN_CATEGORIES)
+                           for p in pairs))
+    files.write_encoded(out_dir / f"{split}.jsonl", encoded)
     inputs = D.unique_inputs(pairs)
     if split in UNIQUE_SPLITS:
-        write_jsonl(
+        files.write_unique(
             out_dir / f"{split}_unique.jsonl",
             ({"id": r["id"], "context": r["context"], "context_ids": context_ids[r["context"]],
               "references": r["references"], **{k: r[k] for k in ("category", "seen") if k in r}}
@@ -123,14 +82,14 @@ def write_split(out_dir, split, pairs, tokenizer):
 
 
 def encode_formatted(input_path, output_path, tokenizer, add_bos=True, add_eos=True):
-    """The seed's `gpt2_encode.py`: formatted jsonl -> encoded jsonl (BOS after the context, EOS
+    """Upstream's `gpt2_encode.py`: formatted jsonl -> encoded jsonl (BOS after the context, EOS
     after the completion, each only when asked)."""
-    pairs = D.read_formatted_jsonl(input_path)
+    pairs = files.read_formatted(input_path)
     contexts = tokenizer.encode_batch([p.context for p in pairs])
     completions = tokenizer.encode_batch([" " + p.completion for p in pairs])
     bos = [EOS_ID] if add_bos else []
     eos = [EOS_ID] if add_eos else []
-    write_jsonl(output_path, ({"context": c + bos, "completion": t + eos} for c, t in zip(contexts, completions)))
+    files.write_encoded(output_path, ((c + bos, t + eos) for c, t in zip(contexts, completions)))
     return len(pairs)
 
 
@@ -144,7 +103,6 @@ def obtain_vocab(data_dir, sources, mirror, download, log):
         if not target.is_file() or hashlib.sha256(target.read_bytes()).hexdigest() != sha:
             with atomic_write(target, "wb") as f:
                 f.write(path.read_bytes())
-            os.chmod(target, 0o644)
             log(f"vocab: {key} <- {path}")
         shas[key] = sha
     ignore = vocab_dir / ".gitignore"
@@ -161,10 +119,10 @@ def prepare_dataset(name, data_dir, sources, mirror, download, tokenizer_dir, vo
     """Prepare one dataset. Returns the list of splits that could not be built (optional raw
     files missing), after writing every split that could."""
     spec = DATASETS[name]
-    out_dir = Path(data_dir) / spec["out"]
+    out_dir = Path(data_dir) / spec.folder
     cache_dir = Path(data_dir) / "cache"
     inputs, missing, provenance = {}, {}, {}
-    for split, pattern in spec["splits"].items():
+    for split, pattern in spec.splits.items():
         keys = _split_files(sources, pattern)
         if not keys:
             raise SourceError(f"data/sources.json lists no file matching {pattern!r} ({name} {split})")
@@ -196,7 +154,7 @@ def prepare_dataset(name, data_dir, sources, mirror, download, tokenizer_dir, vo
         if split not in inputs:
             continue
         t0 = time.perf_counter()
-        pairs = READERS[spec["reader"]](inputs[split], opts)
+        pairs = READERS[spec.reader](inputs[split], opts)
         for where in getattr(pairs, "dropped", []):
             log(f"WARNING: {name} {split}: dropped an empty reference at {where}")
         n_inputs = write_split(out_dir, split, pairs, tokenizer)
@@ -204,7 +162,6 @@ def prepare_dataset(name, data_dir, sources, mirror, download, tokenizer_dir, vo
             f"({time.perf_counter() - t0:.1f} s)")
     with atomic_write(stamp_path) as f:
         json.dump(stamp, f, indent=1, sort_keys=True)
-    os.chmod(stamp_path, 0o644)
     return list(missing.items())
 
 
@@ -223,7 +180,7 @@ class PrepareConfig:
     force: bool = False
     """Rebuild even when the outputs are up to date."""
     e2e_text: Literal["raw", "moses"] = "raw"
-    """E2E completions: the official CSV text, or Moses-tokenized like the seed's e2e/*.txt."""
+    """E2E completions: the official CSV text, or Moses-tokenized like upstream's e2e/*.txt."""
     sources: Optional[str] = None
     """Sources file: official URL and sha256 of each raw file (default: data/sources.json)."""
 
@@ -253,7 +210,7 @@ def main(argv=None):
             for split, reason in prepare_dataset(name, data_dir, sources, mirror, download, vocab_dir,
                                                  vocab_shas, opts, args.force, log):
                 unavailable.append((name, split, reason))
-    except (SourceError, D.DataError) as e:
+    except (SourceError, FormatError) as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         return 1
     for name, split, reason in unavailable:
@@ -264,6 +221,39 @@ def main(argv=None):
               file=sys.stderr, flush=True)
     log(f"done in {time.perf_counter() - t0:.1f} s")
     return 1 if unavailable and "all" not in args.datasets else 0
+
+
+@dataclass
+class EncodeConfig:
+    """Encode a formatted jsonl file with GPT-2's BPE (upstream's gpt2_encode.py)."""
+
+    input: str = ""
+    """Formatted jsonl: one {"context": str, "completion": str} per line."""
+    output: str = ""
+    """Encoded jsonl to write: one {"context": [ids], "completion": [ids]} per line."""
+    vocab: Optional[str] = None
+    """Folder with encoder.json and vocab.bpe (default: data/gpt2-vocab, else the shared mirror's)."""
+    add_bos: bool = False
+    """Append 50256 to each context."""
+    add_eos: bool = False
+    """Append 50256 to each completion."""
+
+    def __post_init__(self):
+        if not self.input or not self.output:
+            raise ValueError("--input and --output are required")
+
+
+def encode_main(argv=None):
+    """``gpt2_encode.py``."""
+    cfg = parse_config(EncodeConfig, argv, prog="gpt2_encode.py")
+    try:
+        tokenizer = GPT2Tokenizer.from_dir(cfg.vocab)
+        n = encode_formatted(cfg.input, cfg.output, tokenizer, add_bos=cfg.add_bos, add_eos=cfg.add_eos)
+    except (FormatError, FileNotFoundError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    print(f"{cfg.input}: {n} lines -> {cfg.output}")
+    return 0
 
 
 if __name__ == "__main__":

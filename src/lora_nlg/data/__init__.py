@@ -1,0 +1,1 @@
+"""Data: raw files in (sources, readers), GPT-2 tokenizer, prepared files out (files.py), training batches."""

@@ -1,0 +1,1 @@
+"""Training: configuration, optimizer and schedules, the loop, resumable state, the run log."""

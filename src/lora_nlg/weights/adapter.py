@@ -1,0 +1,221 @@
+"""Our adapter file: the LoRA tensors as safetensors, described in the header, read back strictly.
+
+``save_lora`` / ``load_lora``: a safetensors file of the LoRA tensors only, keyed like
+``lora_state_dict`` (``transformer.h.0.attn.c_attn.lora_A``), with a JSON description (r, alpha,
+scaling rule, targets, model card, and whatever the caller adds: step, config, ...) in the header
+metadata under ``"lora_nlg"``. Upstream's LoRA-only ``.pt`` files load too, without metadata:
+upstream never stored r or alpha, so the caller supplies them (``lora_nlg.weights.upstream``).
+
+Converters (``peft``, ``upstream``) produce LoRA tensors and a ``LoRAConfig`` without a backbone
+in memory; ``write_adapter`` saves them through ``save_lora`` (so the file is exactly what
+training writes) on a model skeleton whose backbone lives on the ``meta`` device: only the LoRA
+tensors are real, so converting a GPT-2 L adapter costs megabytes, not gigabytes.
+"""
+import dataclasses
+import json
+import math
+import os
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save
+
+from lora_nlg.atomic import atomic_write
+from lora_nlg.lora import TARGETS, LoRAConfig, apply_lora, lora_modules, lora_state_dict
+from lora_nlg.model import GPT2Config, GPT2LMModel
+from lora_nlg.weights.layout import ADAPTER_FILE, METADATA_KEY
+from lora_nlg.weights.tensors import LORA_KEY, CheckpointError, fit_report, read_tensors
+
+
+def save_lora(path, model: torch.nn.Module, metadata: Optional[dict] = None) -> None:
+    """Write the LoRA tensors of ``model`` (``lora_state_dict``) as safetensors, atomically.
+
+    The header metadata ``"lora_nlg"`` holds JSON: the model's LoRA config (r, alpha, dropout,
+    targets, scaling_rule, scaling, init, bias), ``model_card`` and ``model_config``, then the
+    caller's ``metadata`` (step, epoch, config, val loss, ...), which must be JSON-serialisable and
+    must not contradict the model's LoRA config. ``path``: a file, or an existing directory (the
+    file is then ``<dir>/adapter.safetensors``).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, ADAPTER_FILE)
+    cfg = getattr(model, "lora_config", None)
+    if cfg is None or not lora_modules(model):
+        raise CheckpointError(f"{path}: the model has no LoRA layers to save (apply_lora first)")
+    info = {**cfg.to_dict(), "model_card": model.config.model_card,
+            "model_config": dataclasses.asdict(model.config)}
+    try:
+        extra = json.loads(json.dumps(dict(metadata or {})))  # tuples become lists, as stored
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: metadata must be JSON-serialisable: {e}") from None
+    clash = {k: (info[k], v) for k, v in extra.items() if k in info and info[k] != v}
+    if clash:
+        raise CheckpointError(f"{path}: metadata contradicts the model's LoRA config "
+                              f"(key: model's value, given value): {clash}")
+    text = json.dumps({**info, **extra}, sort_keys=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in lora_state_dict(model, cfg.bias).items()}
+    data = save(tensors, metadata={"format": "pt", METADATA_KEY: text})
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def load_lora(path) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
+    """``(tensors, metadata)`` of an adapter: our safetensors (metadata from the header, or None
+    if it has none) or a checkpoint directory holding ``adapter.safetensors``; or upstream's
+    ``.pt`` / ``.bin`` (metadata None: the caller supplies r and alpha). From an upstream file only
+    the ``lora_A`` / ``lora_B`` tensors are taken (its final checkpoint also holds the frozen
+    backbone), with the ``module.`` prefix removed.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, ADAPTER_FILE)):
+            raise CheckpointError(f"{path}: a directory without {ADAPTER_FILE}")
+        path = os.path.join(path, ADAPTER_FILE)
+    if path.endswith(".safetensors"):
+        with safe_open(path, framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = None
+        if METADATA_KEY in header:
+            try:
+                metadata = json.loads(header[METADATA_KEY])
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{path}: header metadata {METADATA_KEY!r} is not valid JSON: {e}") from None
+        return tensors, metadata
+    tensors = {}
+    for key, t in read_tensors(path).items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if LORA_KEY.fullmatch(key):
+            tensors[key] = t
+    if not tensors:
+        raise CheckpointError(f"{path}: no LoRA tensors (keys ending in lora_A / lora_B)")
+    return tensors, None
+
+
+def apply_lora_weights(model: torch.nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
+    """Copy adapter tensors into the model's ``LoRALinear`` layers (apply_lora first), strictly:
+    missing, unexpected and mis-shaped keys are listed in one error. The LoRA must not be merged."""
+    cfg = getattr(model, "lora_config", None)
+    modules = lora_modules(model)
+    if cfg is None or not modules:
+        raise CheckpointError("the model has no LoRA layers: apply_lora(model, config) before apply_lora_weights")
+    merged = [n for n, m in modules if m.merged]
+    if merged:
+        raise CheckpointError(f"LoRA is merged in {merged[:3]}...: unmerge_lora(model) before loading new LoRA weights")
+    # lora_state_dict's tensors share storage with the parameters: copying into them loads.
+    targets = lora_state_dict(model, cfg.bias)
+    report = fit_report(
+        f"LoRA tensors do not fit the model's LoRA (r={cfg.r}, targets={list(cfg.targets)}):",
+        [k for k in targets if k not in tensors], [k for k in tensors if k not in targets],
+        [f"{k}: {tuple(t.shape)} given, {tuple(targets[k].shape)} expected"
+         for k, t in tensors.items() if k in targets and t.shape != targets[k].shape])
+    if report:
+        raise CheckpointError(report)
+    with torch.no_grad():
+        for k, t in tensors.items():
+            targets[k].copy_(t)
+
+
+# LoRA modules inside a GPT-2 block, and how many output slices each has (q, k, v for c_attn).
+MODULE_SLICES = {"attn.c_attn": 3, "attn.c_proj": 1, "mlp.c_fc": 1, "mlp.c_proj": 1}
+
+
+def enabled_slices(targets) -> Dict[str, Tuple[bool, ...]]:
+    """Per module path, which output slices carry LoRA: ``("q", "v")`` -> c_attn (True, False, True)."""
+    out: Dict[str, list] = {}
+    for t in targets:
+        path, slice_ = TARGETS[t]
+        if slice_ is None:
+            out[path] = [True]
+        else:
+            out.setdefault(path, [False] * MODULE_SLICES[path])[slice_] = True
+    return {path: tuple(e) for path, e in out.items()}
+
+
+def model_config_from_metadata(metadata: dict, source: str) -> GPT2Config:
+    """The backbone shape an adapter was trained on (``model_config``, else ``model_card``)."""
+    shape = metadata.get("model_config")
+    if isinstance(shape, dict):
+        fields = {f.name for f in dataclasses.fields(GPT2Config)}
+        return GPT2Config(**{k: v for k, v in shape.items() if k in fields})
+    card = metadata.get("model_card")
+    if card:
+        return GPT2Config.from_card(card)
+    raise CheckpointError(f"{source}: the metadata names neither model_config nor model_card")
+
+
+def lora_config_from_metadata(metadata: Optional[dict], source: str) -> LoRAConfig:
+    """The ``LoRAConfig`` stored in an adapter's metadata; an error if r, alpha or the scaling rule
+    are missing (upstream's files store none of them: import those with ``lora_nlg.weights.upstream``)."""
+    if metadata is None:
+        raise CheckpointError(
+            f"{source}: no lora_nlg metadata, so r, alpha and the scaling rule are unknown "
+            f"(an upstream checkpoint? convert it first: lora_export.py import upstream FILE OUT --lora_dim R "
+            f"--lora_alpha A --model_card CARD)")
+    missing = [k for k in ("r", "alpha", "scaling_rule", "targets") if k not in metadata]
+    if missing:
+        raise CheckpointError(f"{source}: metadata lacks {missing}; the update's scale is unknown")
+    try:
+        cfg = LoRAConfig.from_dict(metadata)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: metadata is not a valid LoRA config: {e}") from None
+    stored = metadata.get("scaling")
+    if stored is not None and not math.isclose(stored, cfg.scaling, rel_tol=1e-9, abs_tol=0.0):
+        raise CheckpointError(f"{source}: metadata says scaling={stored}, but {cfg.scaling_rule} with "
+                              f"alpha={cfg.alpha}, r={cfg.r} gives {cfg.scaling}")
+    return cfg
+
+
+def skeleton(model_config: GPT2Config, lora_config: LoRAConfig) -> GPT2LMModel:
+    """A ``GPT2LMModel`` with LoRA whose backbone is on the meta device (no memory) and whose
+    LoRA tensors are real, zero CPU tensors: enough for ``apply_lora_weights`` and ``save_lora``."""
+    with torch.device("meta"):
+        model = apply_lora(GPT2LMModel(model_config), lora_config)
+    for _, m in lora_modules(model):
+        m.lora_A = nn.Parameter(torch.zeros(m.lora_A.shape))
+        m.lora_B = nn.Parameter(torch.zeros(m.lora_B.shape))
+    # Trained biases (bias lora_only / all) are part of the adapter: make those real too.
+    wrapped = {id(m.base_layer) for _, m in lora_modules(model)}
+    for module in model.modules():
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, nn.Parameter) and bias.is_meta and (
+                lora_config.bias == "all" or (lora_config.bias == "lora_only" and id(module) in wrapped)):
+            module.bias = nn.Parameter(torch.zeros(bias.shape))
+    return model
+
+
+def write_adapter(path, tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig,
+                  model_config: GPT2Config, metadata: Optional[dict] = None) -> None:
+    """Save LoRA ``tensors`` (keys of ``lora_state_dict``) as our adapter file, strictly checked
+    against ``lora_config`` on a ``model_config`` backbone."""
+    model = skeleton(model_config, lora_config)
+    apply_lora_weights(model, {k: v.float() for k, v in tensors.items()})
+    save_lora(path, model, metadata)
+
+
+def read_adapter(path) -> Tuple[Dict[str, torch.Tensor], dict, LoRAConfig, GPT2Config]:
+    """``(tensors, metadata, lora_config, model_config)`` of one of our adapter files."""
+    tensors, metadata = load_lora(path)
+    source = str(path)
+    return tensors, metadata, lora_config_from_metadata(metadata, source), \
+        model_config_from_metadata(metadata, source)
+
+
+def update_norms(tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig) -> Dict[str, float]:
+    """``||scaling * B A||_F`` of every LoRA module (key: module name), the update it adds to the
+    layer's weight; for a fused c_attn that is the whole (3C, C) block with zero rows where off."""
+    norms = {}
+    for key, a in tensors.items():
+        if not key.endswith(".lora_A"):
+            continue
+        name = key[:-len(".lora_A")]
+        b = tensors[name + ".lora_B"].double()
+        a = a.double()
+        n = a.shape[0] // lora_config.r  # enabled slices: the update is block-diagonal in them
+        out_slice = b.shape[0] // n
+        blocks = [b[j * out_slice:(j + 1) * out_slice] @ a[j * lora_config.r:(j + 1) * lora_config.r]
+                  for j in range(n)]
+        norms[name] = lora_config.scaling * math.sqrt(sum(float((d * d).sum()) for d in blocks))
+    return norms

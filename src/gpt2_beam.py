@@ -1,4 +1,4 @@
-"""Beam-search decoding with GPT-2 + LoRA (the seed's gpt2_beam.py, same flags).
+"""Beam-search decoding with GPT-2 + LoRA (upstream's gpt2_beam.py, same flags).
 
     python src/gpt2_beam.py --data data/e2e/test_unique.jsonl --init_checkpoint RUN/checkpoints/epoch-5 \
         --beam 10 --length_penalty 0.9 --no_repeat_ngram_size 4 --eval_len 64 --eos_token_id 628

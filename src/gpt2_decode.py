@@ -1,4 +1,4 @@
-"""Reference and hypothesis files for the E2E scorer and GenerationEval (the seed's gpt2_decode.py, same flags).
+"""Reference and hypothesis files for the E2E scorer and GenerationEval (upstream's gpt2_decode.py, same flags).
 
     python src/gpt2_decode.py --sample_file RUN/predict.jsonl --input_file data/e2e/test_unique.jsonl \
         --output_ref_file e2e_ref.txt --output_pred_file e2e_pred.txt

@@ -1,4 +1,4 @@
-"""Fine-tune GPT-2 with LoRA on encoded data-to-text data (the seed's gpt2_ft.py, same flags).
+"""Fine-tune GPT-2 with LoRA on encoded data-to-text data (upstream's gpt2_ft.py, same flags).
 
     python src/gpt2_ft.py --train_data data/e2e/train.jsonl --valid_data data/e2e/valid.jsonl ...
     torchrun --nproc_per_node=N src/gpt2_ft.py ...        (DistributedDataParallel)

@@ -310,6 +310,20 @@ def test_save_load_lora_round_trip(tiny_model, hf_tiny_dir, token_ids, tmp_path)
         assert torch.equal(fresh(token_ids), model.eval()(token_ids))
 
 
+def test_saved_lora_settings_are_read_off_the_layers(tiny_model, tmp_path):
+    """The metadata describes the LoRA layers themselves, not an attribute set beside them: a model
+    whose ``lora_config`` attribute is stale, or missing, saves the same description."""
+    model = lora_model(tiny_model, dropout=0.1, targets=("q", "v", "mlp.c_fc"))
+    want = LoRAConfig(r=4, alpha=32, dropout=0.1, targets=("q", "v", "mlp.c_fc")).to_dict()
+    model.lora_config = LoRAConfig(r=8, alpha=1.0, targets=("k",))  # stale
+    save_lora(tmp_path / "stale.safetensors", model)
+    del model.lora_config
+    save_lora(tmp_path / "missing.safetensors", model)
+    for name in ("stale", "missing"):
+        _, meta = load_lora(tmp_path / f"{name}.safetensors")
+        assert {k: meta[k] for k in want} == want, name
+
+
 def test_lora_checkpoint_directory(tiny_model, tmp_path):
     model = lora_model(tiny_model)
     (tmp_path / "ckpt").mkdir()

@@ -107,7 +107,7 @@ def test_logit_mask_selects_rows(tiny_model, token_ids):
     g = torch.Generator().manual_seed(3)
     mask = torch.rand(token_ids.shape, generator=g) < 0.4
     full = tiny_model(token_ids)
-    picked = tiny_model(token_ids, logit_mask=mask)
+    picked = tiny_model(token_ids, output_mask=mask)
     assert picked.shape == (int(mask.sum()), 101)
     assert max_diff(picked, full[mask]) < 1e-5
     # Row-major order: the first selected position is row 0's first True.
@@ -126,12 +126,12 @@ def test_logit_mask_with_late_first_column_and_padding(tiny_model, token_ids):
     mask, and a left-padding mask cut to those queries, must give the full forward's logits."""
     mask = completion_mask(token_ids.shape, [9, 12, 14])
     full = tiny_model(token_ids)
-    assert max_diff(tiny_model(token_ids, logit_mask=mask), full[mask]) < 1e-5
+    assert max_diff(tiny_model(token_ids, output_mask=mask), full[mask]) < 1e-5
     padding = torch.ones_like(token_ids)
     padding[1, :3] = 0  # row 1 left-padded
     full = tiny_model(token_ids, attention_mask=padding)
-    assert max_diff(tiny_model(token_ids, attention_mask=padding, logit_mask=mask), full[mask]) < 1e-5
-    empty = tiny_model(token_ids, logit_mask=torch.zeros_like(mask))
+    assert max_diff(tiny_model(token_ids, attention_mask=padding, output_mask=mask), full[mask]) < 1e-5
+    empty = tiny_model(token_ids, output_mask=torch.zeros_like(mask))
     assert empty.shape == (0, 101)
 
 
@@ -156,7 +156,7 @@ def test_logit_mask_gradients_match_full_forward(token_ids):
         F.cross_entropy(logits_fn(), labels[mask], reduction="sum").backward()
         return [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
-    selected = grads(lambda: model(token_ids, logit_mask=mask))
+    selected = grads(lambda: model(token_ids, output_mask=mask))
     everywhere = grads(lambda: model(token_ids)[mask])
     assert len(selected) == 8  # A and B of c_attn and c_fc in 2 blocks
     for a, b in zip(selected, everywhere):

@@ -316,7 +316,7 @@ def test_scheduler_counts_optimizer_steps_under_grad_acc(e2e_data, tmp_path):
     assert lrs == pytest.approx(expected)
     state = torch.load(work / "checkpoints" / "step-6" / "trainer_state.pt", weights_only=True)
     assert state["scheduler"]["last_epoch"] == 6
-    assert state["optimizer"]["param_groups"][0]["seed_step"] == 6
+    assert state["optimizer"]["param_groups"][0]["upstream_step"] == 6
     assert all(float(s["step"]) == 6 for s in state["optimizer"]["state"].values())
     assert state["sampler"]["step"] == 6  # 6 batches of 4 x 3 examples consumed
 

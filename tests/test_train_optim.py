@@ -82,6 +82,22 @@ def test_adamw_weight_decay_differs_from_the_seed_only_at_second_order(problem):
         assert (a - b).abs().max() < 0.01 * (b - c).abs().max()  # decay itself moves them 100x more
 
 
+def test_adamw_loads_a_state_saved_under_the_old_step_key(problem):
+    """Trainer states written before the step count's rename keep it under "seed_step"."""
+    params, grads = problem
+    a = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = AdamW(a, lr=1e-2, correct_bias=False)
+    for p, g in zip(a, grads[0]):
+        p.grad = g.clone()
+    opt.step()
+    old = copy.deepcopy(opt.state_dict())
+    old["param_groups"] = [{("seed_step" if k == "upstream_step" else k): v for k, v in g.items()}
+                           for g in old["param_groups"]]
+    opt2 = AdamW([torch.nn.Parameter(p.detach().clone()) for p in a], lr=1e-2, correct_bias=False)
+    opt2.load_state_dict(old)
+    assert opt2.param_groups[0]["upstream_step"] == 1 and "seed_step" not in opt2.param_groups[0]
+
+
 def test_adamw_state_round_trips_through_state_dict(problem):
     params, grads = problem
     a = [torch.nn.Parameter(p.clone()) for p in params]
@@ -93,7 +109,7 @@ def test_adamw_state_round_trips_through_state_dict(problem):
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     opt2 = AdamW(b, lr=1e-2, correct_bias=False)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # as if read from a file: no shared tensors
-    assert opt2.param_groups[0]["seed_step"] == 5
+    assert opt2.param_groups[0]["upstream_step"] == 5
     for grads_t in grads[5:10]:
         for p, q, g in zip(a, b, grads_t):
             p.grad, q.grad = g.clone(), g.clone()

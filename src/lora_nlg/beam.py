@@ -1,6 +1,6 @@
 """Batched beam search for GPT-2: many inputs x beams per batch, KV cache, exact early stopping.
 
-The search keeps the rules of microsoft/LoRA's ``gpt2_beam.py`` (the seed), so its numbers stay
+The search keeps the rules of microsoft/LoRA's ``gpt2_beam.py`` (upstream), so its numbers stay
 comparable:
 
 - every step: the logits go through the repetition penalty, the min-length ban and the
@@ -14,7 +14,7 @@ comparable:
   later one replaces it only if strictly better;
 - after ``eval_len`` generated tokens the running hypotheses are finished candidates too (length
   ``eval_len``);
-- the n-gram ban and the repetition penalty look at the generated tokens only (the seed's rule);
+- the n-gram ban and the repetition penalty look at the generated tokens only (upstream's rule);
   ``include_prompt_in_ngram`` / ``include_prompt_in_repetition_penalty`` add the prompt
   (transformers' rule).
 
@@ -44,7 +44,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-EOS_ID = 50256
+from lora_nlg.data.tokenizer import EOS_ID
+
 NEG_INF = float("-inf")
 
 
@@ -65,15 +66,15 @@ class BeamSettings:
     stop_ids: Tuple[int, ...] = (EOS_ID,)
     """Token ids that end a hypothesis (empty: only eval_len ends them)."""
     include_prompt_in_ngram: bool = False
-    """Count prompt tokens in the n-gram ban (transformers' rule; the seed's: generated only)."""
+    """Count prompt tokens in the n-gram ban (transformers' rule; upstream's: generated only)."""
     include_prompt_in_repetition_penalty: bool = False
-    """Penalise prompt tokens too (transformers' rule; the seed's: generated only)."""
+    """Penalise prompt tokens too (transformers' rule; upstream's: generated only)."""
     batch_size: int = 10
     """Inputs per batch (each takes ``beam`` rows)."""
     use_cache: bool = True
     """Keep keys and values (False recomputes the whole sequence every step: for tests)."""
     early_stop: bool = True
-    """Stop an input once nothing can beat its best finished hypothesis (False: the seed's
+    """Stop an input once nothing can beat its best finished hypothesis (False: upstream's
     fixed ``eval_len`` steps; same result)."""
 
     def __post_init__(self):
@@ -145,7 +146,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seq: torch.Tensor, valid: tor
 
 
 def process_logits(logits, gen, prompt, prompt_mask, t: int, s: BeamSettings, stop: torch.Tensor):
-    """The seed's order: repetition penalty, min length, n-gram ban. logits: (R, V) float32, the
+    """Upstream's order: repetition penalty, min length, n-gram ban. logits: (R, V) float32, the
     step's own (the bans change them in place); gen: (R, >= t) generated tokens; prompt,
     prompt_mask: (R, P) left-padded prompts. Returns the processed logits."""
     ones = torch.ones_like(gen[:, :t], dtype=torch.bool)
@@ -184,6 +185,66 @@ def left_pad(prompts, device=None, pad_id: int = 0):
     return ids.to(device), mask.to(device)
 
 
+class _Finished:
+    """Each input's best finished hypothesis so far: score, tokens, length, ended by a stop token."""
+
+    def __init__(self, N: int, T: int, dtype, device):
+        self.score = torch.full((N,), NEG_INF, dtype=dtype, device=device)
+        self.tokens = torch.zeros(N, T, dtype=torch.long, device=device)
+        self.length = torch.zeros(N, dtype=torch.long, device=device)
+        self.stopped = torch.zeros(N, dtype=torch.bool, device=device)
+
+    def offer(self, alive, t: int, values, token, origin, gen, is_stop, T: int, lp: float) -> None:
+        """The step-``t`` candidates (n, K) that end here (a stop token, or every one at the
+        ``T`` cap) replace an input's best when they score higher."""
+        length = t + 1
+        done_now = (is_stop | torch.isfinite(values)) if length == T else is_stop
+        fin = torch.where(done_now, values / length ** lp, NEG_INF)
+        top, k = fin.max(dim=1)  # first of equal maxima: upstream's strict ">" in topk order
+        better = top > self.score[alive]
+        if bool(better.any()):
+            who = alive[better]
+            src = origin[better, k[better]]
+            self.score[who] = top[better]
+            self.tokens[who, :t] = gen[src, :t]
+            self.tokens[who, t] = token[better, k[better]]
+            self.length[who] = length
+            self.stopped[who] = is_stop[better, k[better]]
+
+    def settled(self, alive, top_running, t: int, T: int, lp: float, early_stop: bool):
+        """(n,) inputs that are done: nothing left running or, with ``early_stop``, nothing
+        running can beat the best finished (the most a running sum can become is itself over the
+        largest length penalty divisor still possible)."""
+        if early_stop:
+            denom = float(T) ** lp if lp > 0 else float(t + 2) ** lp
+            return (top_running / denom <= self.score[alive]) | torch.isinf(top_running)
+        return torch.isinf(top_running)
+
+    def hypotheses(self) -> List[Hypothesis]:
+        score, tokens = self.score.cpu(), self.tokens.cpu()
+        length, stopped = self.length.tolist(), self.stopped.tolist()
+        return [Hypothesis(tokens[i, :length[i]].tolist(), float(score[i]), stopped[i]) for i in range(len(length))]
+
+
+def _step_logits(model, t: int, gen, slot_of, alive, cache, prompt_mask, prompt_len, row_prompt, row_mask):
+    """The forward of step ``t`` > 0: logits (n * K, V) of every running hypothesis' next token."""
+    n, K = alive.numel(), gen.shape[0] // alive.numel()
+    if cache is None:  # recompute every position (tests)
+        step_mask = torch.cat([row_mask, row_mask.new_ones(row_mask.shape[0], t)], 1)
+        ids = torch.cat([row_prompt, gen[:, :t]], 1)
+        last = torch.zeros_like(step_mask)
+        last[:, -1] = True
+        return model(ids, attention_mask=step_mask, output_mask=last)
+    # hypothesis i sees its input's prompt and, at each generated position, its ancestor's slot
+    slots = torch.arange(K, device=gen.device)
+    sees = (slot_of[:, :t].view(n, K, t, 1) == slots).view(n, K, t * K)
+    P = prompt_mask.shape[1]
+    mask = torch.cat([prompt_mask[alive, None, :].expand(n, K, P), sees], 2)  # (n, K, P + t*K)
+    position = (prompt_len[alive] + t - 1)[:, None].expand(n, K)
+    return model(gen[:, t - 1].view(n, K), visibility=mask[:, None], position_ids=position,
+                 cache=cache).view(n * K, -1)
+
+
 @torch.no_grad()
 def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> List[Hypothesis]:
     """Beam search for every prompt of one batch (one forward per step for all inputs x beams)."""
@@ -196,12 +257,7 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
         raise ValueError(f"prompt of {P} tokens + eval_len {T} exceeds the model's {model.config.n_positions} positions")
     # A stop id outside the vocabulary (50256 with a toy model) can never be generated.
     stop = torch.tensor([i for i in s.stop_ids if 0 <= i < V], dtype=torch.long, device=device)
-
-    score_dtype = torch.promote_types(model.transformer.wte.weight.dtype, torch.float32)
-    best_score = torch.full((N,), NEG_INF, dtype=score_dtype, device=device)
-    best_tokens = torch.zeros(N, T, dtype=torch.long, device=device)
-    best_len = torch.zeros(N, dtype=torch.long, device=device)
-    best_finished = torch.zeros(N, dtype=torch.bool, device=device)
+    best = _Finished(N, T, torch.promote_types(model.transformer.wte.weight.dtype, torch.float32), device)
 
     alive = torch.arange(N, device=device)  # original index of each input still searching (n,)
     # The cache has one row per input (see the module docstring): the prompt, then K slots per
@@ -213,7 +269,7 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
     last = torch.zeros(N, P, dtype=torch.bool, device=device)
     last[:, -1] = True
     # Step 0: one row per input; the prompt's last position gives the first token's logits.
-    logits = model(prompt, attention_mask=prompt_mask, cache=cache, logit_mask=last)  # (N, V)
+    logits = model(prompt, attention_mask=prompt_mask, cache=cache, output_mask=last)  # (N, V)
     gen = torch.zeros(N, T, dtype=torch.long, device=device)  # rows: inputs, later inputs x beams
     slot_of = torch.zeros(N, T, dtype=torch.long, device=device)
     row_prompt, row_mask = prompt, prompt_mask
@@ -221,20 +277,7 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
 
     for t in range(T):
         if t > 0:
-            n = alive.numel()
-            if cache is not None:
-                # hypothesis i sees its input's prompt and, at each generated position, its ancestor's slot
-                sees = (slot_of[:, :t].view(n, K, t, 1) == slots).view(n, K, t * K)
-                mask = torch.cat([prompt_mask[alive, None, :].expand(n, K, P), sees], 2)  # (n, K, P + t*K)
-                position = (prompt_len[alive] + t - 1)[:, None].expand(n, K)
-                logits = model(gen[:, t - 1].view(n, K), attention_mask=mask[:, None], position_ids=position,
-                               cache=cache).view(n * K, V)
-            else:
-                step_mask = torch.cat([row_mask, torch.ones(row_mask.shape[0], t, dtype=torch.bool, device=device)], 1)
-                ids = torch.cat([row_prompt, gen[:, :t]], 1)
-                last = torch.zeros_like(step_mask)
-                last[:, -1] = True
-                logits = model(ids, attention_mask=step_mask, logit_mask=last)
+            logits = _step_logits(model, t, gen, slot_of, alive, cache, prompt_mask, prompt_len, row_prompt, row_mask)
         # float32 at least (float64 stays float64: the tests compare against brute force)
         logits = process_logits(logits.to(torch.promote_types(logits.dtype, torch.float32)),
                                 gen, row_prompt, row_mask, t, s, stop)
@@ -256,33 +299,12 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
             values, index = torch.topk(cand, K, dim=1)  # (n, K), sorted
             origin = torch.arange(n, device=device)[:, None] * K + index // k1
             token = top_token.view(n, K * k1).gather(1, index)
-        finite = torch.isfinite(values)
-        is_stop = torch.isin(token, stop) & finite
-        length = t + 1
-        done_now = (is_stop | finite) if length == T else is_stop  # at the cap every hypothesis ends
-        fin = torch.where(done_now, values / length ** lp, NEG_INF)
-        top, k = fin.max(dim=1)  # first of equal maxima: the seed's strict ">" in topk order
-        better = top > best_score[alive]
-        if bool(better.any()):
-            who = alive[better]
-            src = origin[better, k[better]]
-            best_score[who] = top[better]
-            best_tokens[who, :t] = gen[src, :t]
-            best_tokens[who, t] = token[better, k[better]]
-            best_len[who] = length
-            best_finished[who] = is_stop[better, k[better]]
-        if length == T:
+        is_stop = torch.isin(token, stop) & torch.isfinite(values)
+        best.offer(alive, t, values, token, origin, gen, is_stop, T, lp)
+        if t + 1 == T:
             break
         values = values.masked_fill(is_stop, NEG_INF)
-
-        # Which inputs are done: nothing left running, or nothing running can beat the best.
-        top_running = values.max(dim=1).values  # (n,)
-        if s.early_stop:
-            denom = float(T) ** lp if lp > 0 else float(length + 1) ** lp
-            done = (top_running / denom <= best_score[alive]) | torch.isinf(top_running)
-        else:
-            done = torch.isinf(top_running)
-        keep = ~done
+        keep = ~best.settled(alive, values.max(dim=1).values, t, T, lp, s.early_stop)
         if not bool(keep.any()):
             break
         rows = origin[keep].reshape(-1)  # beam reorder and dropping done inputs in one gather
@@ -296,10 +318,7 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
         alive = alive[keep]
         row_prompt = prompt[alive].repeat_interleave(K, 0)
         row_mask = prompt_mask[alive].repeat_interleave(K, 0)
-
-    best_score, best_tokens = best_score.cpu(), best_tokens.cpu()
-    best_len, best_finished = best_len.tolist(), best_finished.tolist()
-    return [Hypothesis(best_tokens[i, :best_len[i]].tolist(), float(best_score[i]), best_finished[i]) for i in range(N)]
+    return best.hypotheses()
 
 
 def beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings,

@@ -4,6 +4,10 @@ Each program has one dataclass; its fields are the flags (``--field_name``), the
 each field is the flag's help. ``--config FILE.yaml`` fills fields first, flags given on the
 command line override it. An unknown key in the file or an unknown flag is an error. The resolved
 configuration is what gets saved next to outputs and inside checkpoints.
+
+A field made with ``positional(...)`` is a positional argument instead; ``aliased(...)`` gives a
+field more option strings (older spellings such as ``--data-dir``), each meaning the field itself
+or, given as ``(alias, value)``, setting it to a fixed value (``("-p", "python")``).
 """
 import argparse
 import ast
@@ -18,6 +22,33 @@ from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+class _Omitted:
+    """The value of a positional argument that was not given (dropped before the dataclass is built)."""
+
+    def __repr__(self):
+        return "omitted"
+
+
+_OMITTED = _Omitted()
+
+
+def positional(nargs: Optional[str] = None, **field_kwargs) -> Any:
+    """A dataclass field read from a positional argument (``nargs`` as argparse's)."""
+    return dataclasses.field(**field_kwargs, metadata={"positional": True, "nargs": nargs})
+
+
+def require(cfg, *names: str) -> None:
+    """A ValueError naming the flags among ``names`` that ``cfg`` leaves empty."""
+    missing = [f"--{name}" for name in names if getattr(cfg, name) in (None, "", [], ())]
+    if missing:
+        raise ValueError(" and ".join(missing) + (" is" if len(missing) == 1 else " are") + " required")
+
+
+def aliased(*aliases, **field_kwargs) -> Any:
+    """A dataclass field with more option strings: ``"--old-name"`` or ``("--flag", fixed_value)``."""
+    return dataclasses.field(**field_kwargs, metadata={"aliases": aliases})
 
 
 def field_docs(cls) -> Dict[str, str]:
@@ -59,24 +90,39 @@ def _str2bool(s: str) -> bool:
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp, help_: str):
     tp = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
-    kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_, dest=f.name)
+    kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_)
     if tp is bool:
-        # `--flag` alone means true (the seed's store_true flags); `--flag false` also works.
+        # `--flag` alone means true (upstream's store_true flags); `--flag false` also works.
         kw.update(nargs="?", const=True, type=_str2bool, metavar="BOOL")
     elif origin is typing.Literal:
         choices = typing.get_args(tp)
         kw.update(type=type(choices[0]), choices=choices)
     elif origin in (list, tuple, typing.List, typing.Tuple, Sequence):
         item = (typing.get_args(tp) or (str,))[0]
-        kw.update(nargs="*", type=item)
+        if typing.get_origin(item) is typing.Literal:
+            kw.update(nargs="*", type=type(typing.get_args(item)[0]), choices=typing.get_args(item))
+        else:
+            kw.update(nargs="*", type=item)
     else:
         kw.update(type=tp)
-    parser.add_argument(f"--{f.name}", **kw)
+    if f.metadata.get("positional"):
+        if f.metadata["nargs"] is not None:
+            kw["nargs"] = f.metadata["nargs"]
+        if kw.get("nargs") in ("?", "*"):
+            kw["default"] = _OMITTED  # argparse checks a SUPPRESS default of a positional against its choices
+        parser.add_argument(f.name, metavar=f.name.upper(), **kw)
+        return
+    names = [f"--{f.name}"] + [a for a in f.metadata.get("aliases", ()) if isinstance(a, str)]
+    parser.add_argument(*names, dest=f.name, **kw)
+    for alias in f.metadata.get("aliases", ()):
+        if not isinstance(alias, str):
+            flag, value = alias
+            parser.add_argument(flag, dest=f.name, action="store_const", const=value, default=argparse.SUPPRESS,
+                                help=f"the same as --{f.name} {value}")
 
 
 def build_parser(cls, prog: Optional[str] = None, description: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      allow_abbrev=False)  # a typo must not pick a flag silently
     parser.add_argument("--config", default=None, help="YAML file with any of the fields below; flags override it")
     hints = typing.get_type_hints(cls, include_extras=False)
@@ -84,7 +130,8 @@ def build_parser(cls, prog: Optional[str] = None, description: Optional[str] = N
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        _add_field(parser, f, hints[f.name], f"{docs.get(f.name, '')} (default: {default!r})")
+        doc = docs.get(f.name, "")
+        _add_field(parser, f, hints[f.name], doc if "(default:" in doc else f"{doc} (default: {default!r})".strip())
     return parser
 
 
@@ -141,7 +188,7 @@ def parse_config(cls: Type[T], argv: Optional[List[str]] = None, prog: Optional[
     config_path = vars(ns).pop("config", None)
     if config_path:
         values.update(load_config_file(cls, config_path))
-    values.update(vars(ns))
+    values.update({k: v for k, v in vars(ns).items() if v is not _OMITTED and v != [_OMITTED]})
     hints = typing.get_type_hints(cls)
     values = {k: (tuple(v) if isinstance(v, list) and typing.get_origin(_unwrap_optional(hints[k])) is tuple else v)
               for k, v in values.items()}

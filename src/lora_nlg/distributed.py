@@ -24,10 +24,6 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1 or dist.is_initialized()
-
 
 def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInfo:
     """Start the process group when launched by torchrun; pick this process's device.

@@ -2,8 +2,8 @@
 
 ``LoRALinear`` keeps the wrapped layer as ``base_layer`` (untouched) and adds
 ``scaling * B @ A`` to the output slices it is enabled on. For GPT-2's fused ``c_attn``
-(q, k, v stacked along the output) the default enables q and v, like the seed's
-``loralib.MergedLinear(enable_lora=[True, False, True])``; the tensors have the seed's layout:
+(q, k, v stacked along the output) the default enables q and v, like upstream's
+``loralib.MergedLinear(enable_lora=[True, False, True])``; the tensors have upstream's layout:
 
     lora_A: (n_enabled * r, in_features)          A_q stacked on A_v
     lora_B: (n_enabled * out_slice, r)            B_q stacked on B_v
@@ -33,6 +33,9 @@ TARGETS = {
     "mlp.c_proj": ("mlp.c_proj", None),
 }
 
+# LoRA modules inside a GPT-2 block, and how many output slices each has (q, k, v for c_attn).
+MODULE_SLICES = {"attn.c_attn": 3, "attn.c_proj": 1, "mlp.c_fc": 1, "mlp.c_proj": 1}
+
 SCALING_RULES = {
     "alpha/r": lambda alpha, r: alpha / r,  # LoRA paper
     "alpha/sqrt(r)": lambda alpha, r: alpha / math.sqrt(r),  # rsLoRA (Kalajdzievski 2023)
@@ -42,11 +45,11 @@ SCALING_RULES = {
 @dataclasses.dataclass
 class LoRAConfig:
     r: int = 4
-    alpha: float = 128.0  # the seed's model default: scale 128 / 4 = 32 (the paper's recipes use 32)
+    alpha: float = 128.0  # upstream's model default: scale 128 / 4 = 32 (the paper's recipes use 32)
     dropout: float = 0.0
     targets: Tuple[str, ...] = ("q", "v")
     scaling_rule: str = "alpha/r"
-    init: str = "kaiming"  # A ~ kaiming-uniform(a=sqrt(5)) as the seed, or "gaussian" (std 1/r)
+    init: str = "kaiming"  # A ~ kaiming-uniform(a=sqrt(5)) as upstream, or "gaussian" (std 1/r)
     bias: str = "none"  # which biases train: none | all | lora_only
 
     def __post_init__(self):
@@ -77,16 +80,19 @@ class LoRAConfig:
 
 
 class LoRALinear(nn.Module):
-    """``base_layer(x) + scaling * dropout(x) A^T B^T`` on the enabled output slices."""
+    """``base_layer(x) + scaling * dropout(x) A^T B^T`` on the enabled output slices.
+
+    ``bias`` only records which biases train with this adapter (``LoRAConfig.bias``), so that the
+    layers alone describe the adapter (``lora_config_of``)."""
 
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, enable: Sequence[bool] = (True,),
-                 dropout: float = 0.0, scaling_rule: str = "alpha/r", init: str = "kaiming"):
+                 dropout: float = 0.0, scaling_rule: str = "alpha/r", init: str = "kaiming", bias: str = "none"):
         super().__init__()
         out_features, in_features = base_layer.weight.shape
         if out_features % len(enable) != 0:
             raise ValueError(f"{out_features} outputs do not split into {len(enable)} slices")
         self.base_layer = base_layer
-        self.r, self.alpha, self.scaling_rule = r, alpha, scaling_rule
+        self.r, self.alpha, self.scaling_rule, self.init, self.bias = r, alpha, scaling_rule, init, bias
         self.scaling = SCALING_RULES[scaling_rule](alpha, r)
         self.enable = tuple(bool(e) for e in enable)
         self.out_slice = out_features // len(enable)
@@ -152,31 +158,60 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, enable={list(self.enable)}"
 
 
+def enabled_slices(targets) -> Dict[str, Tuple[bool, ...]]:
+    """Per module path, which output slices carry LoRA: ``("q", "v")`` -> c_attn (True, False, True)."""
+    out: Dict[str, list] = {}
+    for t in targets:
+        path, slice_ = TARGETS[t]
+        if slice_ is None:
+            out[path] = [True]
+        else:
+            out.setdefault(path, [False] * MODULE_SLICES[path])[slice_] = True
+    return {path: tuple(e) for path, e in out.items()}
+
+
 def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     """Wrap the targeted layers of every block of ``model`` (a ``GPT2LMModel``) in place."""
-    by_module: Dict[str, list] = {}
-    for t in config.targets:
-        path, slice_ = TARGETS[t]
-        by_module.setdefault(path, []).append(slice_)
     for block in model.transformer.h:
-        for path, slices in by_module.items():
+        for path, enable in enabled_slices(config.targets).items():
             parent_name, _, name = path.rpartition(".")
             parent = block.get_submodule(parent_name)
             base = getattr(parent, name)
             if isinstance(base, LoRALinear):
                 raise ValueError(f"{path} already has LoRA")
-            enable = [True] if slices == [None] else [i in slices for i in range(3)]
             lora = LoRALinear(base, config.r, config.alpha, enable, config.dropout,
-                              config.scaling_rule, config.init)
+                              config.scaling_rule, config.init, config.bias)
             # A new module starts in training mode: follow the wrapped layer, so that LoRA put on a
             # model in eval mode does not drop out.
             setattr(parent, name, lora.train(base.training))
-    model.lora_config = config
     return model
 
 
 def lora_modules(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def lora_config_of(model: nn.Module) -> LoRAConfig:
+    """The ``LoRAConfig`` that ``model``'s ``LoRALinear`` layers have: one r, alpha, rule, dropout,
+    init and bias mode, and the same targets in every block (a ValueError says what differs)."""
+    by_block: Dict[str, set] = {}
+    settings = set()
+    for name, m in lora_modules(model):
+        block, _, path = name.partition(".h.")[2].partition(".")
+        dropout = m.lora_dropout.p if isinstance(m.lora_dropout, nn.Dropout) else 0.0
+        settings.add((m.r, m.alpha, m.scaling_rule, dropout, m.init, m.bias))
+        by_block.setdefault(block, set()).update(
+            t for t, (p, s) in TARGETS.items() if p == path and (s is None or m.enable[s]))
+    if not settings:
+        raise ValueError("the model has no LoRA layers")
+    if len(settings) > 1:
+        raise ValueError(f"the LoRA layers differ in (r, alpha, scaling rule, dropout, init, bias): {sorted(settings)}")
+    if len({frozenset(t) for t in by_block.values()}) > 1:
+        raise ValueError(f"LoRA covers different targets in different blocks: {by_block}")
+    r, alpha, rule, dropout, init, bias = settings.pop()
+    targets = next(iter(by_block.values()))
+    return LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(t for t in TARGETS if t in targets),
+                      scaling_rule=rule, init=init, bias=bias)
 
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
@@ -195,7 +230,7 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
 
 
 def lora_state_dict(model: nn.Module, bias: str = "none") -> Dict[str, torch.Tensor]:
-    """Only the LoRA tensors (and biases per ``bias``), keyed like the seed:
+    """Only the LoRA tensors (and biases per ``bias``), keyed like upstream:
     ``transformer.h.0.attn.c_attn.lora_A``."""
     out = {}
     for name, m in lora_modules(model):

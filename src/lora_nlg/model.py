@@ -8,7 +8,7 @@ Differences from microsoft/LoRA's ``model.py`` worth knowing:
 - attention is ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU);
 - the KV cache is preallocated and supports rows of different lengths (left padding plus an
   attention mask), which batched beam search needs;
-- ``logit_mask`` computes the LM head only where a loss is taken (the LM head is about a third of
+- ``output_mask`` computes the LM head only where a loss is taken (the LM head is about a third of
   GPT-2 S's forward FLOPs and context tokens carry no loss), and the last block too: its
   queries start at the first selected column, its ``c_proj`` and MLP run on the selected
   positions only (context tokens only give keys and values there).
@@ -30,7 +30,8 @@ GPT2_SIZES = {
     "gpt2.xl": dict(n_layer=48, n_head=25, n_embd=1600),
 }
 
-EOS_ID = 50256  # <|endoftext|>: both BOS and EOS in the seed's data
+# --precision names -> parameter / autocast dtypes.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclasses.dataclass
@@ -105,8 +106,8 @@ class Attention(nn.Module):
         self.attn_pdrop = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, attn_mask=None, cache: Optional[KVCache] = None, layer: int = 0, select=None):
-        """(B, T, C); or with a boolean ``select`` (B, T), the (N, C) outputs at its N positions."""
+    def forward(self, x, attn_mask=None, cache: Optional[KVCache] = None, layer: int = 0, output_mask=None):
+        """(B, T, C); or with a boolean ``output_mask`` (B, T), the (N, C) outputs at its N positions."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -115,9 +116,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, T_past + T, hs)
         t0 = 0
-        if select is not None:
+        if output_mask is not None:
             # Queries from the first selected column on; keys and values of every position.
-            t0 = int(select.any(0).byte().argmax())
+            t0 = int(output_mask.any(0).byte().argmax())
             q = q[:, :, t0:]
             if attn_mask is None:  # causal, shifted: query t0 + i sees keys 0 .. t0 + i
                 attn_mask = torch.ones(T - t0, T, dtype=torch.bool, device=x.device).tril(t0)
@@ -130,7 +131,7 @@ class Attention(nn.Module):
             dropout_p=self.attn_pdrop if self.training else 0.0,
         )
         y = y.transpose(1, 2)  # (B, T - t0, nh, hs)
-        y = y.reshape(B, T, C) if select is None else y[select[:, t0:]].view(-1, C)
+        y = y.reshape(B, T, C) if output_mask is None else y[output_mask[:, t0:]].view(-1, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -154,10 +155,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0, select=None):
-        """(B, T, C); or with a boolean ``select`` (B, T), the (N, C) outputs at its N positions."""
-        a = self.attn(self.ln_1(x), attn_mask, cache, layer, select)
-        x = x + a if select is None else x[select] + a
+    def forward(self, x, attn_mask=None, cache=None, layer=0, output_mask=None):
+        """(B, T, C); or with a boolean ``output_mask`` (B, T), the (N, C) outputs at its N positions."""
+        a = self.attn(self.ln_1(x), attn_mask, cache, layer, output_mask)
+        x = x + a if output_mask is None else x[output_mask] + a
         return x + self.mlp(self.ln_2(x))
 
 
@@ -171,24 +172,24 @@ class GPT2Model(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache: Optional[KVCache] = None,
-                output_mask=None):
+                output_mask=None, visibility=None):
         """Hidden states (B, T, C); or, with a boolean ``output_mask`` (B, T), those of its N
         positions (N, C) in row-major order, the last block computing no others.
 
         input_ids: (B, T) new tokens. attention_mask: (B, T_past + T), 1 for real tokens and 0 for
         padding, covering the cached positions too; None means no padding to hide (right padding
-        needs none: causal attention never looks ahead). Or a boolean (B, 1, T, T_past + T):
-        which keys each query sees, used as is (beam search runs the hypotheses of an input as
-        the T queries of one row); position_ids are then required. position_ids: (B, T); by
-        default counted over the real tokens of ``attention_mask``, or ``T_past + arange(T)``
-        without one.
+        needs none: causal attention never looks ahead). visibility, instead of it: a boolean
+        (B, 1, T, T_past + T), which keys each query sees, used as is (beam search runs the
+        hypotheses of an input as the T queries of one row); position_ids are then required.
+        position_ids: (B, T); by default counted over the real tokens of ``attention_mask``, or
+        ``T_past + arange(T)`` without one.
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
-        if attention_mask is not None and attention_mask.dim() == 4:
-            if position_ids is None:
-                raise ValueError("a (B, 1, T, T_past + T) attention_mask needs position_ids")
-            attn_mask = attention_mask.bool()
+        if visibility is not None:
+            if position_ids is None or attention_mask is not None:
+                raise ValueError("visibility needs position_ids, and replaces attention_mask")
+            attn_mask = visibility.bool()
         else:
             if position_ids is None:
                 if attention_mask is not None:
@@ -223,7 +224,7 @@ class GPT2Model(nn.Module):
 
 
 class GPT2LMModel(nn.Module):
-    """GPT-2 with its LM head tied to the token embedding (the seed's ``GPT2LMModel``)."""
+    """GPT-2 with its LM head tied to the token embedding (upstream's ``GPT2LMModel``)."""
 
     def __init__(self, config: GPT2Config):
         super().__init__()
@@ -245,10 +246,13 @@ class GPT2LMModel(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.transformer.wte.weight)  # (..., V)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, logit_mask=None):
-        """Logits (B, T, V); or, with a boolean ``logit_mask`` (B, T), logits (N, V) of the N
-        selected positions in row-major order, so the LM head runs only where a loss is taken."""
-        return self.lm_logits(self.transformer(input_ids, attention_mask, position_ids, cache, logit_mask))
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, output_mask=None,
+                visibility=None):
+        """Logits (B, T, V); or, with a boolean ``output_mask`` (B, T), logits (N, V) of the N
+        selected positions in row-major order, so the LM head runs only where a loss is taken.
+        Arguments: ``GPT2Model.forward``."""
+        return self.lm_logits(self.transformer(input_ids, attention_mask, position_ids, cache, output_mask,
+                                               visibility))
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         p = self.transformer.wte.weight

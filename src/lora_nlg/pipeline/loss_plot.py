@@ -7,11 +7,12 @@ One panel per work dir, titled by the name before ``=``: the training loss of ev
 GPT-2's 50,257 tokens adds about a nat) and the validation loss (plain cross-entropy), against
 optimizer steps.
 """
-import argparse
+import dataclasses
 import os
 import sys
 from typing import Dict, List, Tuple
 
+from lora_nlg.cli import parse_config, positional, require
 from lora_nlg.jsonl import json_records
 from lora_nlg.train.log import LOG_FILE
 
@@ -69,22 +70,32 @@ def plot(runs: List[Tuple[str, str]], out: str) -> None:
     os.replace(tmp, out)
 
 
+@dataclasses.dataclass
+class PlotConfig:
+    """A PNG of training and validation loss from gpt2_ft.py work dirs."""
+
+    runs: List[str] = positional("+", default_factory=list)
+    """[TITLE=]WORK_DIR: one panel per work dir, titled TITLE (default: the folder's name)."""
+    out: str = ""
+    """PNG file to write. Required."""
+
+    def __post_init__(self):
+        require(self, "out")
+
+
 def _run(text: str) -> Tuple[str, str]:
     title, sep, path = text.partition("=")
     return (title, path) if sep else (os.path.basename(os.path.normpath(text)), text)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lora_nlg.pipeline.loss_plot", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=_run, metavar="[TITLE=]WORK_DIR")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    args = p.parse_args(argv)
+    cfg = parse_config(PlotConfig, argv, prog="python -m lora_nlg.pipeline.loss_plot")
     try:
-        plot(args.runs, args.out)
+        plot([_run(r) for r in cfg.runs], cfg.out)
     except (OSError, ValueError) as e:
         print(f"loss_plot: error: {e}", file=sys.stderr)
         return 2
-    print(args.out)
+    print(cfg.out)
     return 0
 
 

@@ -12,13 +12,14 @@ readers, pairing and ``lora_nlg.metrics.bleu``: mteval-v13a on E2E, multi-bleu-d
 DART), without the Java tokenizer and METEOR runs the other metrics need: one candidate costs
 seconds. Ties go to the earlier candidate (the order given).
 """
-import argparse
+import dataclasses
 import json
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import DATASETS
+from lora_nlg.cli import parse_config, positional, require
 from lora_nlg.metrics import protocol
 from lora_nlg.metrics.bleu import bleu
 from lora_nlg.metrics.references import FormatError, pair, read_predictions, read_references
@@ -44,30 +45,38 @@ def select(dataset: str, references: str, candidates: List[Tuple[str, str]]) -> 
             "references": references, "predictions": dict(candidates), "scores": scores, "chosen": best}
 
 
-def _candidate(text: str) -> Tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PREDICTIONS, got {text!r}")
-    return name, path
+@dataclasses.dataclass
+class SelectionConfig:
+    """Pick the checkpoint (epoch) whose dev-set decoding has the highest BLEU."""
+
+    candidates: List[str] = positional("+", default_factory=list)
+    """NAME=PREDICTIONS: a checkpoint's name and its dev predictions (gpt2_beam.py jsonl)."""
+    dataset: Optional[Literal[tuple(DATASETS)]] = None
+    """The dataset (its BLEU: lora_nlg.catalog). Required."""
+    references: str = ""
+    """The dev *_unique.jsonl the predictions answer. Required."""
+    out: str = ""
+    """JSON report: every candidate's BLEU and the chosen one. Required."""
+
+    def __post_init__(self):
+        require(self, "dataset", "references", "out")
+        for text in self.candidates:
+            name, sep, path = text.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"expected NAME=PREDICTIONS, got {text!r}")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lora_nlg.pipeline.model_selection", description=__doc__.split("\n\n")[0])
-    p.add_argument("candidates", nargs="+", type=_candidate, metavar="NAME=PREDICTIONS",
-                   help="a checkpoint's name and its dev predictions (gpt2_beam.py jsonl)")
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    p.add_argument("--references", required=True, help="the dev *_unique.jsonl the predictions answer")
-    p.add_argument("--out", required=True, help="JSON report: every candidate's BLEU and the chosen one")
-    args = p.parse_args(argv)
+    cfg = parse_config(SelectionConfig, argv, prog="python -m lora_nlg.pipeline.model_selection")
     try:
-        report = select(args.dataset, args.references, args.candidates)
+        report = select(cfg.dataset, cfg.references, [tuple(c.split("=", 1)) for c in cfg.candidates])
     except (FormatError, ValueError, OSError) as e:
         print(f"model_selection: error: {e}", file=sys.stderr)
         return 2
-    with atomic_write(args.out) as f:
+    with atomic_write(cfg.out) as f:
         json.dump(report, f, indent=2)
         f.write("\n")
-    scale = 100.0 if args.dataset == "e2e" else 1.0  # print E2E's 0..1 BLEU on the papers' 0..100 scale
+    scale = 100.0 if cfg.dataset == "e2e" else 1.0  # print E2E's 0..1 BLEU on the papers' 0..100 scale
     for name, value in report["scores"].items():
         mark = "  <- chosen" if name == report["chosen"] else ""
         print(f"dev BLEU {name:<12} {value * scale:6.2f}{mark}")

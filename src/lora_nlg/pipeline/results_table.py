@@ -9,17 +9,18 @@ subset and metric the mean, the sample standard deviation (n - 1; null for one s
 values) and ``results.md`` (the same as tables; E2E's BLEU, METEOR and ROUGE_L times 100 as the
 paper prints them, with the paper's figures for GPT-2 M and L when the model card is one of them).
 """
-import argparse
+import dataclasses
 import glob
 import json
 import os
 import re
 import statistics
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional
 
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import DATASETS
+from lora_nlg.cli import parse_config, positional, require
 
 PERCENT = {"e2e": {"BLEU", "METEOR", "ROUGE_L"}}  # printed x 100 in results.md
 DIGITS = {"BLEU": 2, "NIST": 2, "METEOR": 3, "ROUGE_L": 2, "CIDEr": 3, "TER": 3}  # on the printed scale
@@ -130,27 +131,39 @@ def markdown(result: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass
+class ResultsConfig:
+    """Test scores of scripts/run.sh's seeds: per seed, and their mean and standard deviation."""
+
+    seed_dirs: List[str] = positional("+", default_factory=list)
+    """One folder per seed (selection.json, test/eval.*.json)."""
+    dataset: Optional[Literal[tuple(DATASETS)]] = None
+    """The dataset. Required."""
+    model_card: str = ""
+    """The model card trained (the paper's figures are shown for gpt2.md and gpt2.lg). Required."""
+    out_dir: str = ""
+    """Where results.md and results.json go. Required."""
+
+    def __post_init__(self):
+        require(self, "dataset", "model_card", "out_dir")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lora_nlg.pipeline.results_table", description=__doc__.split("\n\n")[0])
-    p.add_argument("seed_dirs", nargs="+", help="one folder per seed (selection.json, test/eval.*.json)")
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    p.add_argument("--model_card", required=True)
-    p.add_argument("--out_dir", required=True, help="where results.md and results.json go")
-    args = p.parse_args(argv)
+    cfg = parse_config(ResultsConfig, argv, prog="python -m lora_nlg.pipeline.results_table")
     try:
-        runs = [read_seed(d) for d in args.seed_dirs]
+        runs = [read_seed(d) for d in cfg.seed_dirs]
     except (OSError, ValueError, KeyError) as e:
         print(f"results_table: error: {e}", file=sys.stderr)
         return 2
-    result = {"dataset": args.dataset, "model_card": args.model_card, "seeds": [r["seed"] for r in runs],
+    result = {"dataset": cfg.dataset, "model_card": cfg.model_card, "seeds": [r["seed"] for r in runs],
               "summary": aggregate(runs), "runs": runs}
-    result["paper"] = DATASETS[args.dataset].paper_results.get(args.model_card)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with atomic_write(os.path.join(args.out_dir, "results.json")) as f:
+    result["paper"] = DATASETS[cfg.dataset].paper_results.get(cfg.model_card)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with atomic_write(os.path.join(cfg.out_dir, "results.json")) as f:
         json.dump(result, f, indent=2)
         f.write("\n")
     text = markdown(result)
-    with atomic_write(os.path.join(args.out_dir, "results.md")) as f:
+    with atomic_write(os.path.join(cfg.out_dir, "results.md")) as f:
         f.write(text)
     print(text, end="")
     return 0

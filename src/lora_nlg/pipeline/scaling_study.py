@@ -3,7 +3,7 @@
     bash scripts/scaling_study.sh [--out_dir runs/scaling_study] [--quick] [--seeds 1 2 ...]
     python -m lora_nlg.pipeline.scaling_study --help
 
-The seed's rule of thumb (LoRA paper, section 4.1): scaling the update by alpha / r with alpha
+Upstream's rule of thumb (LoRA paper, section 4.1): scaling the update by alpha / r with alpha
 fixed makes the learning rate (nearly) independent of r. rsLoRA (Kalajdzievski 2023) argues that
 alpha / r shrinks the update as r grows (the learning "collapses" to small updates at large r) and
 that alpha / sqrt(r) keeps it stable. This program trains the same adapter at every r in

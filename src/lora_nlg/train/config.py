@@ -1,6 +1,6 @@
-"""The configuration of ``gpt2_ft.py``: every flag of the seed's script, with its meaning, plus ours.
+"""The configuration of ``gpt2_ft.py``: every flag of upstream's script, with its meaning, plus ours.
 
-Flags keep the seed's names and defaults (microsoft/LoRA ``examples/NLG/src/gpt2_ft.py``,
+Flags keep upstream's names and defaults (microsoft/LoRA ``examples/NLG/src/gpt2_ft.py``,
 ``optimizer.py``, ``gpu.py``) except where noted in a field's help; the paper's command lines run
 unchanged under ``torchrun``. ``--config FILE.yaml`` fills any fields first; flags override it.
 ``check`` rejects contradictory settings with a message that says what to change.
@@ -16,8 +16,12 @@ from lora_nlg.train.optim import parse_cycle
 ModelCard = Literal[tuple(GPT2_SIZES)]
 ScalingRule = Literal[tuple(SCALING_RULES)]
 
-# Seed flags that are accepted and ignored: torchrun's environment decides.
-LAUNCHER_FLAGS = ("platform", "local_rank")
+# Resuming: settings that must not change (the checkpoint would not fit, or would not mean the same
+# thing), and settings whose change is not worth a word (they choose how to run, not what). Any
+# other change is reported and the new value is used.
+RESUME_MUST_MATCH = ("model_card", "init_checkpoint", "lora_dim", "lora_alpha", "lora_targets",
+                     "lora_scaling_rule", "obj", "seq_len", "random_seed")
+RESUME_IGNORED = ("resume", "overwrite", "local_rank", "platform")
 
 
 @dataclasses.dataclass
@@ -31,7 +35,7 @@ class TrainConfig:
     train_data: Optional[str] = None
     """Training data, encoded jsonl ({"context": [ids], "completion": [ids]} per line). Required."""
     valid_data: Optional[str] = None
-    """Validation data, same format (the seed required it; without it no validation runs and no best
+    """Validation data, same format (upstream required it; without it no validation runs and no best
     checkpoint is kept)."""
     train_batch_size: int = 8
     """Training examples per process per micro-batch (global batch = this x processes x grad_acc)."""
@@ -52,7 +56,7 @@ class TrainConfig:
     """Pretrained GPT-2: a Hugging Face folder or weights file (.safetensors/.bin/.pt). Without it the
     backbone is randomly initialised (tests and demos only; a warning says so)."""
     lora_dim: int = 4
-    """LoRA rank r; 0 trains the full model instead. (The seed's script defaulted to 0; its model
+    """LoRA rank r; 0 trains the full model instead. (Upstream's script defaulted to 0; its model
     config, and this project, to 4.)"""
     lora_alpha: float = 128.0
     """LoRA alpha: the update is scaled by alpha / r (see --lora_scaling_rule). The paper's recipes use 32."""
@@ -64,15 +68,15 @@ class TrainConfig:
     lora_scaling_rule: ScalingRule = "alpha/r"
     """LoRA scaling: alpha/r (the LoRA paper) or alpha/sqrt(r) (rsLoRA)."""
 
-    # ---- optimization (the seed's AdamW and schedules; see lora_nlg.optim)
+    # ---- optimization (upstream's AdamW and schedules; see lora_nlg.optim)
     lr: float = 0.00001
     """Peak learning rate (the paper's recipes use 0.0002)."""
     weight_decay: float = 0.01
     """Decoupled weight decay."""
     correct_bias: bool = False
-    """Adam bias correction (the seed's default is off; the paper's commands turn it on)."""
+    """Adam bias correction (upstream's default is off; the paper's commands turn it on)."""
     adam_epislon: float = 1e-6
-    """Adam epsilon, added to sqrt(v) before bias correction as in the seed (sic: the seed's spelling)."""
+    """Adam epsilon, added to sqrt(v) before bias correction as in upstream (sic: upstream's spelling)."""
     no_decay_bias: bool = False
     """No weight decay on biases and LayerNorm weights."""
     adam_beta1: float = 0.9
@@ -84,9 +88,9 @@ class TrainConfig:
     warmup_step: int = 0
     """Optimizer steps of linear warmup from 0."""
     i_steps: str = "0"
-    """--scheduler cycle: comma-separated optimizer steps where the learning rate is given (the seed's)."""
+    """--scheduler cycle: comma-separated optimizer steps where the learning rate is given (upstream's)."""
     i_lrs: str = "0.00025"
-    """--scheduler cycle: the learning rates at --i_steps, linear in between (the seed's)."""
+    """--scheduler cycle: the learning rates at --i_steps, linear in between (upstream's)."""
     max_step: Optional[int] = None
     """Stop after this many optimizer steps (also the length of the schedule)."""
     max_epoch: Optional[int] = None
@@ -104,7 +108,7 @@ class TrainConfig:
     """Autocast precision: fp32 (default), bf16 (CUDA or CPU) or fp16 (CUDA only, with a GradScaler).
     Weights and optimizer state stay fp32; on CUDA, fp32 matrix products use TF32."""
     fp16: bool = False
-    """The seed's flag: the same as --precision fp16 (native autocast, no apex)."""
+    """Upstream's flag: the same as --precision fp16 (native autocast, no apex)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = the local rank's GPU when CUDA is available, else the CPU."""
     compile: bool = False
@@ -132,9 +136,9 @@ class TrainConfig:
     tensorboard: bool = True
     """Write TensorBoard events to work_dir/tensorboard."""
 
-    # ---- seed launcher flags, accepted so old command lines run
+    # ---- upstream launcher flags, accepted so old command lines run
     platform: Optional[str] = None
-    """Accepted and ignored (the seed's k8s/philly/azure/local switch): torchrun's environment decides."""
+    """Accepted and ignored (upstream's k8s/philly/azure/local switch): torchrun's environment decides."""
     local_rank: Optional[int] = None
     """Accepted and ignored (torch.distributed.launch passes it): the LOCAL_RANK environment variable
     decides."""
@@ -193,7 +197,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
             steps, _ = parse_cycle(cfg.i_steps, cfg.i_lrs)
             if cfg.max_step is not None and cfg.max_step != steps[-1]:
                 problems.append(f"--scheduler cycle ends at --i_steps' last value {steps[-1]}, but --max_step "
-                                f"is {cfg.max_step}: leave --max_step out (the seed set it from --i_steps) "
+                                f"is {cfg.max_step}: leave --max_step out (upstream set it from --i_steps) "
                                 f"or make them agree")
         except ValueError as e:
             problems.append(str(e))
@@ -211,5 +215,5 @@ def check(cfg: TrainConfig) -> TrainConfig:
 
 
 def environment_defaults() -> dict:
-    """Defaults the seed took from the environment: ``PT_OUTPUT_DIR`` for the work dir."""
+    """Defaults upstream took from the environment: ``PT_OUTPUT_DIR`` for the work dir."""
     return {"work_dir": os.environ["PT_OUTPUT_DIR"]} if os.environ.get("PT_OUTPUT_DIR") else {}

@@ -42,17 +42,11 @@ from lora_nlg.weights.backbone import load_pretrained
 from lora_nlg.cli import config_to_dict, parse_config, save_config
 from lora_nlg.distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
 from lora_nlg.lora import LoRAConfig, apply_lora, count_trainable, mark_only_lora_as_trainable
-from lora_nlg.model import GPT2Config, GPT2LMModel
+from lora_nlg.model import DTYPES, GPT2Config, GPT2LMModel
 from lora_nlg.train.optim import build_optimizer, build_scheduler
 from lora_nlg.train.log import RunLog
-from lora_nlg.train.config import ConfigError, TrainConfig, check, environment_defaults
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-# Settings that must not change when resuming: the checkpoint would not fit, or would not mean the
-# same thing. Anything else that differs is reported and the new value is used.
-RESUME_MUST_MATCH = ("model_card", "init_checkpoint", "lora_dim", "lora_alpha", "lora_targets",
-                     "lora_scaling_rule", "obj", "seq_len", "random_seed")
+from lora_nlg.train.config import (RESUME_IGNORED, RESUME_MUST_MATCH, ConfigError, TrainConfig, check,
+                                   environment_defaults)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -70,11 +64,11 @@ class TrainResult:
 
 def token_loss_sum(model, batch: Dict[str, torch.Tensor], label_smooth: float, autocast) -> torch.Tensor:
     """Sum over the batch's loss positions of the cross-entropy (label-smoothed over the full
-    vocabulary, as the seed's ``(1 - eps) * nll + eps * mean(-log p)``); the LM head runs on
+    vocabulary, as upstream's ``(1 - eps) * nll + eps * mean(-log p)``); the LM head runs on
     those positions only. A float32 scalar."""
     mask = batch["loss_mask"].bool()
     with autocast():
-        logits = model(batch["input_ids"], logit_mask=mask)  # (N, V)
+        logits = model(batch["input_ids"], output_mask=mask)  # (N, V)
     return F.cross_entropy(logits.float(), batch["labels"][mask], label_smoothing=label_smooth, reduction="sum")
 
 
@@ -122,33 +116,49 @@ class Trainer:
         self.ckpt_root = layout.checkpoints_dir(cfg.work_dir)
         resume_from = self._prepare_work_dir()
         ts.seed_everything(cfg.random_seed)
+        self._build_data()
 
-        # Data. The sampler's unit is one optimizer step's worth of this rank's examples.
-        joint_lm = cfg.obj == "jlm"
-        self.train_set = FTDataset(read_encoded(cfg.train_data), cfg.seq_len, joint_lm=joint_lm)
-        self.train_lengths = self.train_set.lengths()
-        self.sampler = BucketBatchSampler(self.train_lengths, cfg.train_batch_size * cfg.grad_acc,
-                                          dist_info.world_size, dist_info.rank, seed=cfg.random_seed)
-        self.valid_set = self.valid_batches = None
-        if cfg.valid_data:
-            self.valid_set = FTDataset(read_encoded(cfg.valid_data), cfg.seq_len, joint_lm=joint_lm)
-            self.valid_batches = shard_batches(self.valid_set.lengths(), cfg.valid_batch_size,
-                                               dist_info.world_size, dist_info.rank)
-        self.steps_per_epoch = len(self.sampler)
-        self.max_step = cfg.max_step if cfg.max_step is not None else cfg.max_epoch * self.steps_per_epoch
-
-        self.step, self.epoch = 0, 1  # optimizer steps done; the epoch being run (1-based, as the seed)
+        self.step, self.epoch = 0, 1  # optimizer steps done; the epoch being run (1-based, as upstream)
         self.best_val_loss = self.last_val_loss = None
         self.last_eval_step = self.last_save_step = None
         self.last_checkpoint = resume_from
         state = ts.load_trainer_state(resume_from) if resume_from else None
         self.log = RunLog(cfg.work_dir, dist_info.is_main, self.max_step,
                           start_step=state["step"] if state else 0, tensorboard=cfg.tensorboard)
+        self._build_model(resume_from if state else None)
+        self._build_optimizer()
+        self._stop_signal: Optional[int] = None
+        self._stop_announced = False
+        self._resume_rng = None
+        if state:
+            self._load_state(state, resume_from)
+        self._describe()
 
-        # Model: same seed, same backbone and LoRA init on every rank and in every resumed run.
+    # -------------------------------------------------------------------------------- builders
+
+    def _build_data(self) -> None:
+        """Training and validation sets; the sampler's unit is one optimizer step's worth of this
+        rank's examples."""
+        cfg, d = self.cfg, self.dist
+        joint_lm = cfg.obj == "jlm"
+        self.train_set = FTDataset(read_encoded(cfg.train_data), cfg.seq_len, joint_lm=joint_lm)
+        self.train_lengths = self.train_set.lengths()
+        self.sampler = BucketBatchSampler(self.train_lengths, cfg.train_batch_size * cfg.grad_acc,
+                                          d.world_size, d.rank, seed=cfg.random_seed)
+        self.valid_set = self.valid_batches = None
+        if cfg.valid_data:
+            self.valid_set = FTDataset(read_encoded(cfg.valid_data), cfg.seq_len, joint_lm=joint_lm)
+            self.valid_batches = shard_batches(self.valid_set.lengths(), cfg.valid_batch_size, d.world_size, d.rank)
+        self.steps_per_epoch = len(self.sampler)
+        self.max_step = cfg.max_step if cfg.max_step is not None else cfg.max_epoch * self.steps_per_epoch
+
+    def _build_model(self, resume_from: Optional[str]) -> None:
+        """The model (same seed, same backbone and LoRA init on every rank and in every resumed run),
+        its weights from ``resume_from``, on the device, under DDP when there is a process group."""
+        cfg = self.cfg
         self.model = build_model(cfg, self.log)
         self.full = cfg.lora_dim == 0 or cfg.save_full
-        if state:
+        if resume_from:
             self._load_weights(resume_from)
         self.model.to(self.device)
         if cfg.compile:
@@ -163,6 +173,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True, **no_buffer_sync)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _build_optimizer(self) -> None:
+        cfg = self.cfg
         self.optimizer = build_optimizer(
             self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_epislon, correct_bias=cfg.correct_bias, no_decay_bias=cfg.no_decay_bias,
@@ -170,12 +183,6 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.warmup_step, self.max_step,
                                          cfg.lr, cfg.i_steps, cfg.i_lrs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self._stop_signal: Optional[int] = None
-        self._stop_announced = False
-        self._resume_rng = None
-        if state:
-            self._load_state(state, resume_from)
-        self._describe()
 
     # -------------------------------------------------------------------------------- setup
 
@@ -214,8 +221,7 @@ class Trainer:
         if fatal:
             raise ConfigError(f"cannot resume {folder}: " + "; ".join(
                 f"--{k} was {saved.get(k)!r}, now {cfg.get(k)!r}" for k in fatal))
-        ignore = {"resume", "overwrite", "local_rank", "platform"}
-        changed = [k for k in cfg if k not in ignore and saved.get(k) != cfg[k]]
+        changed = [k for k in cfg if k not in RESUME_IGNORED and saved.get(k) != cfg[k]]
         if changed:
             self.log.warn("resuming with changed settings: " + ", ".join(
                 f"{k} {saved.get(k)!r} -> {cfg[k]!r}" for k in changed))
@@ -310,7 +316,7 @@ class Trainer:
         return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(self.precision),
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision],
                               enabled=self.precision != "fp32")
 
     def _train_step(self, indices: List[int], meter: "_Meter"):

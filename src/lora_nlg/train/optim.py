@@ -1,22 +1,22 @@
-"""AdamW with the seed's conventions, its parameter groups, and its learning-rate schedules.
+"""AdamW with upstream's conventions, its parameter groups, and its learning-rate schedules.
 
 The optimizer is ``torch.optim.AdamW`` (fused on CUDA); ``AdamW`` below only adjusts the
-per-step hyper-parameters it hands to torch so that the update is the seed's (microsoft/LoRA
+per-step hyper-parameters it hands to torch so that the update is upstream's (microsoft/LoRA
 ``examples/NLG/src/optimizer.py``):
 
-- the seed adds ``eps`` to ``sqrt(v)`` *before* bias correction, torch after it;
-- without ``--correct_bias`` the seed does no bias correction at all (torch always does).
+- upstream adds ``eps`` to ``sqrt(v)`` *before* bias correction, torch after it;
+- without ``--correct_bias`` upstream does no bias correction at all (torch always does).
 
 Both are exact rescalings of torch's update at step t (``bc1 = 1 - beta1^t``,
 ``bc2 = 1 - beta2^t``): torch's ``lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps')`` equals the
-seed's ``lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)`` with ``eps' = eps / sqrt(bc2)``, and the
-seed's uncorrected ``lr * m / (sqrt(v) + eps)`` with, in addition, ``lr' = lr * bc1 / sqrt(bc2)``.
-Decoupled weight decay multiplies the weights by ``1 - lr * weight_decay`` as in the seed, but
-before the Adam update (torch) rather than after it (seed); the two differ by
+upstream's ``lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)`` with ``eps' = eps / sqrt(bc2)``, and the
+upstream's uncorrected ``lr * m / (sqrt(v) + eps)`` with, in addition, ``lr' = lr * bc1 / sqrt(bc2)``.
+Decoupled weight decay multiplies the weights by ``1 - lr * weight_decay`` as in upstream, but
+before the Adam update (torch) rather than after it (upstream); the two differ by
 ``lr * weight_decay * update``, a second-order term.
 
 Schedules are multipliers of ``--lr`` for ``torch.optim.lr_scheduler.LambdaLR``, stepped once per
-optimizer step (the seed stepped per micro-batch under gradient accumulation). ``t`` is the
+optimizer step (upstream stepped per micro-batch under gradient accumulation). ``t`` is the
 number of optimizer steps taken so far, so the first step uses ``schedule(0)``.
 """
 import math
@@ -27,10 +27,11 @@ import torch.nn as nn
 
 
 class AdamW(torch.optim.AdamW):
-    """``torch.optim.AdamW`` computing the seed's AdamW update (see the module docstring).
+    """``torch.optim.AdamW`` computing upstream's AdamW update (see the module docstring).
 
-    correct_bias: the seed's ``--correct_bias`` (False: no bias correction, the seed's default).
-    Each param group keeps its own step count under ``"seed_step"`` (saved in ``state_dict``).
+    correct_bias: upstream's ``--correct_bias`` (False: no bias correction, upstream's default).
+    Each param group keeps its own step count under ``"upstream_step"`` (saved in ``state_dict``;
+    files saved before the rename have ``"seed_step"`` and load too).
     Not fused when a ``GradScaler`` is used: the scaler then skips ``step`` on overflow, and the
     count stays right.
     """
@@ -40,14 +41,14 @@ class AdamW(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
         for group in self.param_groups:
             group.setdefault("correct_bias", correct_bias)
-            group.setdefault("seed_step", 0)
+            group.setdefault("upstream_step", 0)
 
     @torch.no_grad()
     def step(self, closure=None):
         saved = []
         for group in self.param_groups:
             saved.append((group["lr"], group["eps"], group["weight_decay"]))
-            t = group["seed_step"] + 1
+            t = group["upstream_step"] + 1
             beta1, beta2 = group["betas"]
             bc1, sqrt_bc2 = 1.0 - beta1 ** t, math.sqrt(1.0 - beta2 ** t)
             lr_factor = 1.0 if group["correct_bias"] else bc1 / sqrt_bc2
@@ -60,13 +61,18 @@ class AdamW(torch.optim.AdamW):
             for group, (lr, eps, wd) in zip(self.param_groups, saved):
                 group["lr"], group["eps"], group["weight_decay"] = lr, eps, wd
         for group in self.param_groups:
-            group["seed_step"] += 1
+            group["upstream_step"] += 1
         return loss
+
+    def load_state_dict(self, state_dict):
+        groups = [{("upstream_step" if k == "seed_step" else k): v for k, v in g.items()}
+                  for g in state_dict["param_groups"]]
+        super().load_state_dict({**state_dict, "param_groups": groups})
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_bias: bool) -> List[Dict]:
     """Trainable parameters, in one group, or two with ``no_decay_bias``: biases and LayerNorm
-    weights get no weight decay (what the seed meant: its name filter ``layer_norm.weight``
+    weights get no weight decay (what upstream meant: its name filter ``layer_norm.weight``
     matched nothing in GPT-2, whose LayerNorms are ``ln_1``, ``ln_2``, ``ln_f``)."""
     no_decay_ids = set()
     if no_decay_bias:
@@ -94,7 +100,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, eps
 # ------------------------------------------------------------------------------------ schedules
 
 def linear(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warmup from 0, then linear decay to 0 at ``total`` (the seed's and HF's)."""
+    """Linear warmup from 0, then linear decay to 0 at ``total`` (upstream's and HF's)."""
     def f(t):
         if t < warmup:
             return t / max(1, warmup)
@@ -110,7 +116,7 @@ def constant(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def cosine(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warmup, then ``0.5 (1 + cos(pi t / total))`` down to 0, as the seed's
+    """Linear warmup, then ``0.5 (1 + cos(pi t / total))`` down to 0, as upstream's
     ``CosineAnnealingWarmupRestarts`` (its cosine runs over [0, total], warmup included)."""
     def f(t):
         if t < warmup:
@@ -120,7 +126,7 @@ def cosine(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def cycle(steps: Sequence[int], lrs: Sequence[float], base_lr: float) -> Callable[[int], float]:
-    """The seed's ``CyclicScheduler``: the learning rate is ``lrs[i]`` at ``steps[i]``, linear in
+    """Upstream's ``CyclicScheduler``: the learning rate is ``lrs[i]`` at ``steps[i]``, linear in
     between, ``lrs[-1]`` after the last step; returned as a multiplier of ``base_lr``."""
     def f(t):
         for i in range(len(steps) - 1):
@@ -135,7 +141,7 @@ SCHEDULES = {"linear": linear, "constant": constant, "cosine": cosine}
 
 
 def parse_cycle(i_steps: str, i_lrs: str):
-    """The seed's ``--i_steps 0,1000,2000`` / ``--i_lrs 0.00025,...`` strings, checked."""
+    """Upstream's ``--i_steps 0,1000,2000`` / ``--i_lrs 0.00025,...`` strings, checked."""
     try:
         steps = [int(s) for s in str(i_steps).split(",")]
         lrs = [float(s) for s in str(i_lrs).split(",")]

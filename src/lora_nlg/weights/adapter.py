@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from lora_nlg.atomic import atomic_write
-from lora_nlg.lora import TARGETS, LoRAConfig, apply_lora, lora_modules, lora_state_dict
+from lora_nlg.lora import LoRAConfig, apply_lora, lora_config_of, lora_modules, lora_state_dict
 from lora_nlg.model import GPT2Config, GPT2LMModel
 from lora_nlg.weights.layout import ADAPTER_FILE, METADATA_KEY
 from lora_nlg.weights.tensors import LORA_KEY, CheckpointError, fit_report, read_tensors
@@ -41,9 +41,9 @@ def save_lora(path, model: torch.nn.Module, metadata: Optional[dict] = None) -> 
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, ADAPTER_FILE)
-    cfg = getattr(model, "lora_config", None)
-    if cfg is None or not lora_modules(model):
+    if not lora_modules(model):
         raise CheckpointError(f"{path}: the model has no LoRA layers to save (apply_lora first)")
+    cfg = lora_config_of(model)
     info = {**cfg.to_dict(), "model_card": model.config.model_card,
             "model_config": dataclasses.asdict(model.config)}
     try:
@@ -97,10 +97,10 @@ def load_lora(path) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
 def apply_lora_weights(model: torch.nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
     """Copy adapter tensors into the model's ``LoRALinear`` layers (apply_lora first), strictly:
     missing, unexpected and mis-shaped keys are listed in one error. The LoRA must not be merged."""
-    cfg = getattr(model, "lora_config", None)
     modules = lora_modules(model)
-    if cfg is None or not modules:
+    if not modules:
         raise CheckpointError("the model has no LoRA layers: apply_lora(model, config) before apply_lora_weights")
+    cfg = lora_config_of(model)
     merged = [n for n, m in modules if m.merged]
     if merged:
         raise CheckpointError(f"LoRA is merged in {merged[:3]}...: unmerge_lora(model) before loading new LoRA weights")
@@ -116,22 +116,6 @@ def apply_lora_weights(model: torch.nn.Module, tensors: Dict[str, torch.Tensor])
     with torch.no_grad():
         for k, t in tensors.items():
             targets[k].copy_(t)
-
-
-# LoRA modules inside a GPT-2 block, and how many output slices each has (q, k, v for c_attn).
-MODULE_SLICES = {"attn.c_attn": 3, "attn.c_proj": 1, "mlp.c_fc": 1, "mlp.c_proj": 1}
-
-
-def enabled_slices(targets) -> Dict[str, Tuple[bool, ...]]:
-    """Per module path, which output slices carry LoRA: ``("q", "v")`` -> c_attn (True, False, True)."""
-    out: Dict[str, list] = {}
-    for t in targets:
-        path, slice_ = TARGETS[t]
-        if slice_ is None:
-            out[path] = [True]
-        else:
-            out.setdefault(path, [False] * MODULE_SLICES[path])[slice_] = True
-    return {path: tuple(e) for path, e in out.items()}
 
 
 def model_config_from_metadata(metadata: dict, source: str) -> GPT2Config:

@@ -10,7 +10,7 @@ download is written to a temporary file, hashed, and renamed only if the hash ma
 folder (``--mirror DIR`` or ``NLG_MODEL_MIRROR``) holding ``<hub name>/model.safetensors`` and
 ``config.json`` is used instead of the network when present (same hash check when a hash is known).
 """
-import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,8 +19,10 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from typing import List, Literal, Optional
 
-from lora_nlg.catalog import HUB_NAMES
+from lora_nlg.catalog import HUB_NAMES, hub_folder
+from lora_nlg.cli import parse_config, positional
 
 HUB = "https://huggingface.co"
 FILES = ("config.json", "model.safetensors")
@@ -61,10 +63,10 @@ def _download(url: str, dest: str) -> None:
 def fetch(card: str, out_dir: str, mirror: str = None, sha256: str = None, revision: str = "main") -> str:
     """Make ``<out_dir>/<hub name>/`` complete and verified; return the folder."""
     repo = HUB_NAMES[card]
-    folder = os.path.join(out_dir, repo.split("/")[-1])
+    folder = os.path.join(out_dir, hub_folder(card))
     os.makedirs(folder, exist_ok=True)
     weights = os.path.join(folder, "model.safetensors")
-    source = os.path.join(mirror, repo.split("/")[-1]) if mirror else None
+    source = os.path.join(mirror, hub_folder(card)) if mirror else None
     if source and os.path.isdir(source):
         for name in FILES:
             if not os.path.exists(os.path.join(source, name)):
@@ -83,7 +85,7 @@ def fetch(card: str, out_dir: str, mirror: str = None, sha256: str = None, revis
                     _download(url, os.path.join(folder, name))
         except (urllib.error.URLError, OSError) as e:
             raise RuntimeError(
-                f"cannot download {repo} from {HUB} ({e}); put {repo.split('/')[-1]}/config.json and "
+                f"cannot download {repo} from {HUB} ({e}); put {hub_folder(card)}/config.json and "
                 f"model.safetensors in a folder and pass it with --mirror or NLG_MODEL_MIRROR") from e
         sha256 = expected
     if sha256:
@@ -95,19 +97,32 @@ def fetch(card: str, out_dir: str, mirror: str = None, sha256: str = None, revis
     return folder
 
 
+@dataclasses.dataclass
+class FetchConfig:
+    """Fetch pretrained GPT-2 checkpoints from the Hugging Face Hub (or a mirror), sha256-checked."""
+
+    cards: List[Literal[tuple(HUB_NAMES)]] = positional("+", default_factory=list)
+    """Model cards to fetch."""
+    out: str = "pretrained_checkpoints"
+    """Destination folder."""
+    mirror: Optional[str] = None
+    """Offline mirror folder holding <hub name>/config.json and model.safetensors (default: $NLG_MODEL_MIRROR)."""
+    revision: str = "main"
+    """Hub revision (branch, tag or commit)."""
+    sha256: Optional[str] = None
+    """Pinned sha256 of model.safetensors (one card only)."""
+
+    def __post_init__(self):
+        if self.sha256 and len(self.cards) > 1:
+            raise ValueError("--sha256 pins one file: give one card")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("cards", nargs="+", choices=sorted(HUB_NAMES), help="model cards to fetch")
-    p.add_argument("--out", default="pretrained_checkpoints", help="destination folder")
-    p.add_argument("--mirror", default=os.environ.get("NLG_MODEL_MIRROR"), help="offline mirror folder")
-    p.add_argument("--revision", default="main", help="Hub revision (branch, tag or commit)")
-    p.add_argument("--sha256", default=None, help="pinned sha256 of model.safetensors (one card only)")
-    args = p.parse_args(argv)
-    if args.sha256 and len(args.cards) > 1:
-        p.error("--sha256 pins one file: give one card")
-    for card in args.cards:
+    cfg = parse_config(FetchConfig, argv, prog="python -m lora_nlg.weights.hub",
+                       defaults={"mirror": os.environ.get("NLG_MODEL_MIRROR")})
+    for card in cfg.cards:
         try:
-            print(fetch(card, args.out, args.mirror, args.sha256, args.revision))
+            print(fetch(card, cfg.out, cfg.mirror, cfg.sha256, cfg.revision))
         except (RuntimeError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

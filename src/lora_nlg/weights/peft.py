@@ -52,14 +52,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from lora_nlg.weights.adapter import (MODULE_SLICES, enabled_slices, model_config_from_metadata, read_adapter, skeleton, write_adapter)
 from lora_nlg.atomic import atomic_write
+from lora_nlg.catalog import HUB_NAMES, hub_folder
+from lora_nlg.lora import MODULE_SLICES, TARGETS, LoRAConfig, enabled_slices
+from lora_nlg.model import GPT2_SIZES, GPT2Config
+from lora_nlg.weights.adapter import (apply_lora_weights, model_config_from_metadata, read_adapter, skeleton,
+                                      write_adapter)
 from lora_nlg.weights.layout import METADATA_KEY
 from lora_nlg.weights.tensors import CheckpointError, read_tensors
-from lora_nlg.weights.adapter import apply_lora_weights
-from lora_nlg.lora import TARGETS, LoRAConfig
-from lora_nlg.model import GPT2_SIZES, GPT2Config
-from lora_nlg.catalog import HUB_NAMES
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -240,7 +240,7 @@ def _model_config(config: dict, header: Optional[dict], model_card: Optional[str
         shape = model_config_from_metadata(header, source)
     else:
         base = str(config.get("base_model_name_or_path") or "")
-        by_hub = {hub.split("/")[-1]: card for card, hub in HUB_NAMES.items()}
+        by_hub = {hub_folder(card): card for card in HUB_NAMES}
         card = by_hub.get(base.rstrip("/").split("/")[-1])
         if card is None:
             fits = [c for c, s in GPT2_SIZES.items() if s["n_embd"] == n_embd and s["n_layer"] >= n_layer]
@@ -256,11 +256,8 @@ def _model_config(config: dict, header: Optional[dict], model_card: Optional[str
     return shape
 
 
-def from_peft(peft_tensors: Dict[str, torch.Tensor], config: dict, header: Optional[dict] = None,
-              model_card: Optional[str] = None, pretrained_config: Optional[dict] = None,
-              source: str = "PEFT adapter") -> Tuple[Dict[str, torch.Tensor], LoRAConfig, GPT2Config, dict]:
-    """PEFT tensors and adapter config -> ``(our tensors, LoRAConfig, GPT2Config, extra metadata)``."""
-    cfg_source = f"{source}: {CONFIG_FILE}"
+def _check_config(config: dict, cfg_source: str) -> str:
+    """Refuse what does not convert; the bias mode."""
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{cfg_source}: peft_type is {config.get('peft_type')!r}; only LORA converts")
     for field, fine, why in UNSUPPORTED:
@@ -270,10 +267,12 @@ def from_peft(peft_tensors: Dict[str, torch.Tensor], config: dict, header: Optio
     bias_mode = config.get("bias", "none")
     if bias_mode not in BIAS_MODES:
         raise CheckpointError(f"{cfg_source}: field 'bias' = {bias_mode!r}; expected one of {BIAS_MODES}")
-    use_rslora = bool(config.get("use_rslora", False))
-    r_default, alpha_default = config.get("r", 8), config.get("lora_alpha", 8)
+    return bias_mode
 
-    # (layer, module) -> {"A": (R, in), "B": (out, R)}; biases under our names.
+
+def _scaled_modules(peft_tensors: Dict[str, torch.Tensor], config: dict, bias_mode: str, source: str):
+    """``({(layer, module): (A (R, in), B (out, R), scale)}, biases under our names)``, every
+    rank checked against the config (``r`` / ``rank_pattern``)."""
     found: Dict[Tuple[int, str], Dict[str, torch.Tensor]] = {}
     biases: Dict[str, torch.Tensor] = {}
     for key, t in peft_tensors.items():
@@ -289,8 +288,9 @@ def from_peft(peft_tensors: Dict[str, torch.Tensor], config: dict, header: Optio
                               f"(nor a bias, adapter bias={bias_mode!r})")
     if not found:
         raise CheckpointError(f"{source}: no LoRA tensors")
-    notes: List[str] = []
-    modules: Dict[Tuple[int, str], Tuple[torch.Tensor, torch.Tensor, float]] = {}  # A, B, scale
+    use_rslora = bool(config.get("use_rslora", False))
+    r_default, alpha_default = config.get("r", 8), config.get("lora_alpha", 8)
+    modules: Dict[Tuple[int, str], Tuple[torch.Tensor, torch.Tensor, float]] = {}
     for (i, path), ab in sorted(found.items()):
         name = f"transformer.h.{i}.{path}"
         if set(ab) != {"A", "B"}:
@@ -302,65 +302,64 @@ def from_peft(peft_tensors: Dict[str, torch.Tensor], config: dict, header: Optio
             raise CheckpointError(f"{source}: {name}: lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}, "
                                   f"but {CONFIG_FILE} says rank {want_rank} (fields r / rank_pattern)")
         alpha = float(_pattern_value(config.get("alpha_pattern"), name, alpha_default))
-        scale = alpha / (math.sqrt(rank) if use_rslora else rank)
-        modules[(i, path)] = (a, b, scale)
+        modules[(i, path)] = (a, b, alpha / (math.sqrt(rank) if use_rslora else rank))
+    return modules, biases
 
-    (_, path0), (a0, _, _) = next(iter(modules.items()))
-    n_embd = a0.shape[1] // (4 if path0 == "mlp.c_proj" else 1)  # in_features: C, or 4C for mlp.c_proj
-    n_layer = max(i for i, _ in modules) + 1
-    model_config = _model_config(config, header, model_card, pretrained_config, n_embd, n_layer, source)
-    C = model_config.n_embd
 
-    # c_attn: which slices carry an update anywhere, and whether every B is block-structured.
+def _c_attn_layout(modules, C: int, notes: List[str]) -> Tuple[Tuple[bool, ...], bool]:
+    """Which q, k, v slices of c_attn carry an update anywhere, and whether every B is
+    block-structured (each slice uses only its own r columns of A)."""
     attn = {i: (a, b) for (i, p), (a, b, _) in modules.items() if p == "attn.c_attn"}
-    enable = (True, True, True)
+    if not attn:
+        return (True, True, True), False
+    live = [any(bool(b[j * C:(j + 1) * C].any()) for a, b in attn.values()) for j in range(3)]
+    enable = tuple(live) if any(live) else (True, True, True)
+    n = sum(enable)
     block = False
-    if attn:
-        live = [any(bool(b[j * C:(j + 1) * C].any()) for a, b in attn.values()) for j in range(3)]
-        enable = tuple(live) if any(live) else (True, True, True)
-        n = sum(enable)
-        if all(a.shape[0] % n == 0 for a, _ in attn.values()):
-            block = True
-            for a, b in attn.values():
-                r = a.shape[0] // n
-                for j, s in enumerate(k for k in range(3) if enable[k]):
-                    rows = b[s * C:(s + 1) * C]
-                    if rows[:, :j * r].any() or rows[:, (j + 1) * r:].any():
-                        block = False
-        if not all(enable):
-            notes.append(f"c_attn: slices {[SLICE_NAMES[j] for j in range(3) if not enable[j]]} are zero in "
-                         f"every layer; LoRA kept on {[SLICE_NAMES[j] for j in range(3) if enable[j]]}")
-        notes.append("c_attn: block-structured B, each slice has its own A (rank R / n)" if block and sum(enable) > 1
-                     else "c_attn: each slice gets PEFT's whole A (rank R) and its rows of B" if sum(enable) > 1
-                     else "c_attn: one slice")
+    if all(a.shape[0] % n == 0 for a, _ in attn.values()):
+        block = True
+        for a, b in attn.values():
+            r = a.shape[0] // n
+            for j, s in enumerate(k for k in range(3) if enable[k]):
+                rows = b[s * C:(s + 1) * C]
+                if rows[:, :j * r].any() or rows[:, (j + 1) * r:].any():
+                    block = False
+    if not all(enable):
+        notes.append(f"c_attn: slices {[SLICE_NAMES[j] for j in range(3) if not enable[j]]} are zero in "
+                     f"every layer; LoRA kept on {[SLICE_NAMES[j] for j in range(3) if enable[j]]}")
+    notes.append("c_attn: block-structured B, each slice has its own A (rank R / n)" if block and n > 1
+                 else "c_attn: each slice gets PEFT's whole A (rank R) and its rows of B" if n > 1
+                 else "c_attn: one slice")
+    return enable, block
 
-    # Per (layer, path): our stacked A, B and the per-slice rank.
-    ours: Dict[Tuple[int, str], Tuple[List[torch.Tensor], List[torch.Tensor], int, float]] = {}
+
+def _our_parts(modules, enable, block: bool, C: int):
+    """Per (layer, path): our A and B parts (one per enabled slice), their rank and the scale."""
+    ours = {}
+    on = [s for s in range(3) if enable[s]]
     for (i, path), (a, b, scale) in modules.items():
-        if path == "attn.c_attn":
-            n = sum(enable)
-            on = [s for s in range(3) if enable[s]]
-            if block:
-                r = a.shape[0] // n
-                parts_a = [a[j * r:(j + 1) * r] for j in range(n)]
-                parts_b = [b[s * C:(s + 1) * C, j * r:(j + 1) * r] for j, s in enumerate(on)]
-            else:
-                r = a.shape[0]
-                parts_a = [a] * n
-                parts_b = [b[s * C:(s + 1) * C] for s in on]
-            ours[(i, path)] = (parts_a, parts_b, r, scale)
-        else:
+        if path != "attn.c_attn":
             ours[(i, path)] = ([a], [b], a.shape[0], scale)
+        elif block:
+            r = a.shape[0] // len(on)
+            ours[(i, path)] = ([a[j * r:(j + 1) * r] for j in range(len(on))],
+                               [b[s * C:(s + 1) * C, j * r:(j + 1) * r] for j, s in enumerate(on)], r, scale)
+        else:
+            ours[(i, path)] = ([a] * len(on), [b[s * C:(s + 1) * C] for s in on], a.shape[0], scale)
+    return ours
 
-    # One r and one scale for all: pad ranks with zeros, fold differing scales into B.
+
+def _one_rank_and_scale(ours, model_config: GPT2Config, enable, notes: List[str]):
+    """Our tensors with one r and one scale for all modules: ranks padded with zeros, differing
+    scales folded into B, layers PEFT left out given zero A and B; returns ``(tensors, paths, r,
+    scale)``."""
+    C = model_config.n_embd
     r_star = max(r for _, _, r, _ in ours.values())
-    top = [s for _, _, r, s in ours.values() if r == r_star]
-    s_star = top[0]
+    s_star = [s for _, _, r, s in ours.values() if r == r_star][0]
     if any(not math.isclose(s, s_star, rel_tol=1e-12) for _, _, _, s in ours.values()):
         notes.append(f"scales differ between modules (alpha_pattern); folded into B relative to {s_star:g}")
     if any(r != r_star for _, _, r, _ in ours.values()):
         notes.append(f"ranks differ between modules (rank_pattern); padded with zeros to r={r_star}")
-    alpha_star = s_star * (math.sqrt(r_star) if use_rslora else r_star)
     paths = sorted({p for _, p in ours}, key=list(MODULE_SLICES).index)
     missing = [(i, p) for i in range(model_config.n_layer) for p in paths if (i, p) not in ours]
     if missing:
@@ -383,12 +382,30 @@ def from_peft(peft_tensors: Dict[str, torch.Tensor], config: dict, header: Optio
                 pb = [torch.zeros(out_f, r_star)] * n
             tensors[f"{name}.lora_A"] = torch.cat(pa)
             tensors[f"{name}.lora_B"] = torch.cat(pb)
+    return tensors, paths, r_star, s_star
+
+
+def from_peft(peft_tensors: Dict[str, torch.Tensor], config: dict, header: Optional[dict] = None,
+              model_card: Optional[str] = None, pretrained_config: Optional[dict] = None,
+              source: str = "PEFT adapter") -> Tuple[Dict[str, torch.Tensor], LoRAConfig, GPT2Config, dict]:
+    """PEFT tensors and adapter config -> ``(our tensors, LoRAConfig, GPT2Config, extra metadata)``."""
+    bias_mode = _check_config(config, f"{source}: {CONFIG_FILE}")
+    modules, biases = _scaled_modules(peft_tensors, config, bias_mode, source)
+    (_, path0), (a0, _, _) = next(iter(modules.items()))
+    n_embd = a0.shape[1] // (4 if path0 == "mlp.c_proj" else 1)  # in_features: C, or 4C for mlp.c_proj
+    n_layer = max(i for i, _ in modules) + 1
+    model_config = _model_config(config, header, model_card, pretrained_config, n_embd, n_layer, source)
+    notes: List[str] = []
+    enable, block = _c_attn_layout(modules, model_config.n_embd, notes)
+    ours = _our_parts(modules, enable, block, model_config.n_embd)
+    tensors, paths, r_star, s_star = _one_rank_and_scale(ours, model_config, enable, notes)
     tensors.update(biases)
 
-    targets = [t for t, (p, s) in TARGETS.items()
-               if p in paths and (s is None or enable[s])]
+    use_rslora = bool(config.get("use_rslora", False))
+    targets = [t for t, (p, s) in TARGETS.items() if p in paths and (s is None or enable[s])]
     init = "gaussian" if config.get("init_lora_weights") == "gaussian" else "kaiming"
     rule = "alpha/sqrt(r)" if use_rslora else "alpha/r"
+    alpha_star = s_star * (math.sqrt(r_star) if use_rslora else r_star)
     lora_config = LoRAConfig(r=r_star, alpha=alpha_star, dropout=float(config.get("lora_dropout", 0.0)),
                              targets=tuple(targets), scaling_rule=rule, init=init, bias=bias_mode)
     extra = {"imported_from": {"format": "peft", "folder": os.path.basename(os.path.dirname(os.path.abspath(source))),

@@ -31,6 +31,7 @@ is what batching, running the prompt once and not padding to 512 buy.
 Every ratio comes from one run on one machine; the report says which device, dtype, threads and
 (on Linux) the load average before and after, since other processes share a CPU.
 """
+
 import argparse
 import dataclasses
 import json
@@ -45,10 +46,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
-from lora_nlg.data.files import read_encoded, read_unique  # noqa: E402
 from lora_nlg.beam import BeamSettings, beam_search, left_pad  # noqa: E402
-from lora_nlg.weights.backbone import save_pretrained  # noqa: E402
+from lora_nlg.data.files import read_encoded, read_unique  # noqa: E402
 from lora_nlg.model import GPT2Config, GPT2LMModel  # noqa: E402
+from lora_nlg.weights.backbone import save_pretrained  # noqa: E402
 
 STOPS = (50256, 628)
 BEAM, EVAL_LEN, SEQ_LEN, LP, NGRAM = 10, 64, 512, 0.9, 4
@@ -89,14 +90,24 @@ def timed(fn, device):
 
 # ------------------------------------------------------------------------------------------ (a)
 
+
 def hf_generate(hf, prompts, device, ngram):
     """transformers' beam search on one left-padded batch."""
     ids, mask = left_pad(prompts, device, pad_id=50256)
     P = ids.shape[1]
-    seqs = hf.generate(ids, attention_mask=mask.long(), num_beams=BEAM, do_sample=False,
-                       max_new_tokens=EVAL_LEN, min_new_tokens=EVAL_LEN, length_penalty=LP,
-                       early_stopping=False, eos_token_id=list(STOPS), pad_token_id=50256,
-                       no_repeat_ngram_size=ngram)
+    seqs = hf.generate(
+        ids,
+        attention_mask=mask.long(),
+        num_beams=BEAM,
+        do_sample=False,
+        max_new_tokens=EVAL_LEN,
+        min_new_tokens=EVAL_LEN,
+        length_penalty=LP,
+        early_stopping=False,
+        eos_token_id=list(STOPS),
+        pad_token_id=50256,
+        no_repeat_ngram_size=ngram,
+    )
     return seqs[:, P:].tolist()
 
 
@@ -106,11 +117,13 @@ def compare_with_transformers(model, hf, prompts, settings, batch_size, device, 
     t_ours = t_hf = 0.0
     same = 0
     for b, start in enumerate(range(0, len(prompts), batch_size)):
-        chunk = prompts[start:start + batch_size]
-        runs = [("ours", lambda: beam_search(model, chunk, settings)),
-                ("hf", lambda: hf_generate(hf, chunk, device, ngram))]
+        chunk = prompts[start : start + batch_size]
+        runs = [
+            ("ours", lambda chunk=chunk: beam_search(model, chunk, settings)),
+            ("hf", lambda chunk=chunk: hf_generate(hf, chunk, device, ngram)),
+        ]
         out = {}
-        for name, fn in (runs if b % 2 == 0 else runs[::-1]):
+        for name, fn in runs if b % 2 == 0 else runs[::-1]:
             out[name] = timed(fn, device)
         t_ours += out["ours"][0]
         t_hf += out["hf"][0]
@@ -121,6 +134,7 @@ def compare_with_transformers(model, hf, prompts, settings, batch_size, device, 
 
 # ------------------------------------------------------------------------------------------ (b)
 
+
 def seed_banned(history, n):
     """The seed's per-hypothesis n-gram table (fairseq's loop)."""
     if len(history) + 1 < n or len(history) < n:
@@ -128,17 +142,17 @@ def seed_banned(history, n):
     grams = {}
     for gram in zip(*[history[i:] for i in range(n)]):
         grams.setdefault(tuple(gram[:-1]), []).append(gram[-1])
-    return grams.get(tuple(history[len(history) - n + 1:]), [])
+    return grams.get(tuple(history[len(history) - n + 1 :]), [])
 
 
 @torch.no_grad()
 def seed_protocol_line(model, prompt, device):
     """One test line the seed's way (see the module docstring)."""
-    q = prompt[-(SEQ_LEN - EVAL_LEN):]  # FT_Dataset: padding_tokens(..., max_context_length=448)
+    q = prompt[-(SEQ_LEN - EVAL_LEN) :]  # FT_Dataset: padding_tokens(..., max_context_length=448)
     ids = torch.zeros(BEAM, SEQ_LEN, dtype=torch.long, device=device)  # ... right-padded to 512
-    ids[:, :len(q)] = torch.tensor(q, device=device)
+    ids[:, : len(q)] = torch.tensor(q, device=device)
     mask = torch.zeros(BEAM, SEQ_LEN + EVAL_LEN, dtype=torch.bool, device=device)
-    mask[:, :len(q)] = True
+    mask[:, : len(q)] = True
     cache = model.new_cache(BEAM, SEQ_LEN + EVAL_LEN)
     logits = model(ids, attention_mask=mask[:, :SEQ_LEN], cache=cache)[:, len(q) - 1]  # LM head on all 512 positions
     beam_scores = torch.zeros(1, BEAM, device=device)
@@ -147,7 +161,7 @@ def seed_protocol_line(model, prompt, device):
     for i in range(EVAL_LEN):
         if i > 0:
             mask[:, SEQ_LEN + i - 1] = True
-            logits = model(token, attention_mask=mask[:, :SEQ_LEN + i], cache=cache)[:, -1]
+            logits = model(token, attention_mask=mask[:, : SEQ_LEN + i], cache=cache)[:, -1]
         logits = logits.float()
         if history is not None:
             for row in range(BEAM):
@@ -176,18 +190,26 @@ def seed_protocol_line(model, prompt, device):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data_dir", default=os.path.join(REPO, "data", "e2e"),
-                    help="folder with the prepared test.jsonl and test_unique.jsonl")
+    ap.add_argument(
+        "--data_dir",
+        default=os.path.join(REPO, "data", "e2e"),
+        help="folder with the prepared test.jsonl and test_unique.jsonl",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=list(DTYPES), default="fp32")
     ap.add_argument("--batch_size", type=int, default=64, help="inputs per batch (ours and transformers')")
-    ap.add_argument("--n_inputs", type=int, default=630,
-                    help="unique inputs we decode for (b), a random subset extrapolated to 630 (630 = all)")
+    ap.add_argument(
+        "--n_inputs",
+        type=int,
+        default=630,
+        help="unique inputs we decode for (b), a random subset extrapolated to 630 (630 = all)",
+    )
     ap.add_argument("--hf_inputs", type=int, default=128, help="inputs for (a) and (a'), a random subset")
     ap.add_argument("--seed_lines", type=int, default=20, help="test lines the seed's protocol is timed on")
     ap.add_argument("--skip_ngram_comparison", action="store_true", help="skip (a')")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared CPU "
-                                                "1 thread is steadier)")
+    ap.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared CPU 1 thread is steadier)"
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -206,13 +228,25 @@ def main(argv=None):
     hf = hf.to(device).eval()
     model = model.to(device=device, dtype=dtype)
     transformers.logging.set_verbosity_error()
-    desc = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores), "
-                 f"{torch.get_num_threads()} torch threads")
-    res = {"device": desc, "precision": args.precision, "batch_size": args.batch_size, "torch": torch.__version__,
-           "transformers": transformers.__version__, "load_before": load()}
-    print(f"device {desc}, {args.precision}, batch {args.batch_size}; E2E test: {len(lines)} lines, "
-          f"{len(unique)} unique inputs; load average {res['load_before']}", flush=True)
+    desc = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores), "
+        f"{torch.get_num_threads()} torch threads"
+    )
+    res = {
+        "device": desc,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "load_before": load(),
+    }
+    print(
+        f"device {desc}, {args.precision}, batch {args.batch_size}; E2E test: {len(lines)} lines, "
+        f"{len(unique)} unique inputs; load average {res['load_before']}",
+        flush=True,
+    )
 
     subset = random.sample(range(len(unique)), min(args.hf_inputs, len(unique)))
     hf_prompts = [unique[i] for i in subset]
@@ -221,40 +255,80 @@ def main(argv=None):
     hf_generate(hf, hf_prompts[:2], device, 0)
 
     # (a) equal lengths, no processors
-    forced = BeamSettings(beam=BEAM, eval_len=EVAL_LEN, min_length=EVAL_LEN, length_penalty=LP, stop_ids=STOPS,
-                          no_repeat_ngram_size=0, batch_size=args.batch_size)
+    forced = BeamSettings(
+        beam=BEAM,
+        eval_len=EVAL_LEN,
+        min_length=EVAL_LEN,
+        length_penalty=LP,
+        stop_ids=STOPS,
+        no_repeat_ngram_size=0,
+        batch_size=args.batch_size,
+    )
     t_ours, t_hf, same = compare_with_transformers(model, hf, hf_prompts, forced, args.batch_size, device, 0)
-    res["a"] = {"inputs": len(hf_prompts), "ours_s": t_ours, "transformers_s": t_hf, "speedup": t_hf / t_ours,
-                "identical_outputs": f"{same}/{len(hf_prompts)}"}
-    print(f"(a)  {len(hf_prompts)} inputs: ours {t_ours:.2f}s, transformers {t_hf:.2f}s -> {t_hf / t_ours:.2f}x "
-          f"faster ({same}/{len(hf_prompts)} identical outputs); load average {load()}", flush=True)
+    res["a"] = {
+        "inputs": len(hf_prompts),
+        "ours_s": t_ours,
+        "transformers_s": t_hf,
+        "speedup": t_hf / t_ours,
+        "identical_outputs": f"{same}/{len(hf_prompts)}",
+    }
+    print(
+        f"(a)  {len(hf_prompts)} inputs: ours {t_ours:.2f}s, transformers {t_hf:.2f}s -> {t_hf / t_ours:.2f}x "
+        f"faster ({same}/{len(hf_prompts)} identical outputs); load average {load()}",
+        flush=True,
+    )
     if not args.skip_ngram_comparison:
         ng = dataclasses.replace(forced, no_repeat_ngram_size=NGRAM, include_prompt_in_ngram=True)
         t_ours, t_hf, same = compare_with_transformers(model, hf, hf_prompts, ng, args.batch_size, device, NGRAM)
-        res["a_ngram"] = {"inputs": len(hf_prompts), "ours_s": t_ours, "transformers_s": t_hf,
-                          "speedup": t_hf / t_ours, "identical_outputs": f"{same}/{len(hf_prompts)}"}
-        print(f"(a') with no_repeat_ngram_size {NGRAM}: ours {t_ours:.2f}s, transformers {t_hf:.2f}s -> "
-              f"{t_hf / t_ours:.2f}x faster ({same}/{len(hf_prompts)} identical outputs); load average {load()}",
-              flush=True)
+        res["a_ngram"] = {
+            "inputs": len(hf_prompts),
+            "ours_s": t_ours,
+            "transformers_s": t_hf,
+            "speedup": t_hf / t_ours,
+            "identical_outputs": f"{same}/{len(hf_prompts)}",
+        }
+        print(
+            f"(a') with no_repeat_ngram_size {NGRAM}: ours {t_ours:.2f}s, transformers {t_hf:.2f}s -> "
+            f"{t_hf / t_ours:.2f}x faster ({same}/{len(hf_prompts)} identical outputs); load average {load()}",
+            flush=True,
+        )
 
     # (b) the paper's settings on every unique input against the seed's protocol on every line
-    paper = BeamSettings(beam=BEAM, eval_len=EVAL_LEN, length_penalty=LP, stop_ids=STOPS, no_repeat_ngram_size=NGRAM,
-                         batch_size=args.batch_size)
-    ours_inputs = unique if args.n_inputs >= len(unique) else [unique[i] for i in
-                                                                random.sample(range(len(unique)), args.n_inputs)]
+    paper = BeamSettings(
+        beam=BEAM,
+        eval_len=EVAL_LEN,
+        length_penalty=LP,
+        stop_ids=STOPS,
+        no_repeat_ngram_size=NGRAM,
+        batch_size=args.batch_size,
+    )
+    ours_inputs = (
+        unique
+        if args.n_inputs >= len(unique)
+        else [unique[i] for i in random.sample(range(len(unique)), args.n_inputs)]
+    )
     t_ours, _ = timed(lambda: beam_search(model, ours_inputs, paper), device)
     ours_total = t_ours * len(unique) / len(ours_inputs)
     print(f"     ours: {len(ours_inputs)} inputs in {t_ours:.1f}s; load average {load()}", flush=True)
     seed_subset = random.sample(range(len(lines)), args.seed_lines)
     t_seed, _ = timed(lambda: [seed_protocol_line(model, lines[i], device) for i in seed_subset], device)
     seed_total = t_seed * len(lines) / len(seed_subset)
-    res["b"] = {"ours_inputs": len(ours_inputs), "ours_measured_s": t_ours, "ours_total_s": ours_total,
-                "seed_lines_measured": len(seed_subset), "seed_measured_s": t_seed, "seed_total_s": seed_total,
-                "speedup": seed_total / ours_total}
+    res["b"] = {
+        "ours_inputs": len(ours_inputs),
+        "ours_measured_s": t_ours,
+        "ours_total_s": ours_total,
+        "seed_lines_measured": len(seed_subset),
+        "seed_measured_s": t_seed,
+        "seed_total_s": seed_total,
+        "speedup": seed_total / ours_total,
+    }
     what = "measured" if len(ours_inputs) == len(unique) else f"extrapolated from {len(ours_inputs)}"
-    print(f"(b)  whole E2E test set: ours {ours_total:.1f}s ({what}), seed's protocol {seed_total:.1f}s "
-          f"(extrapolated from {len(seed_subset)} lines, {t_seed / len(seed_subset):.2f}s each) -> "
-          f"{seed_total / ours_total:.1f}x less time", flush=True)
+    print(
+        f"(b)  whole E2E test set: ours {ours_total:.1f}s ({what}), seed's protocol {seed_total:.1f}s "
+        f"(extrapolated from {len(seed_subset)} lines, {t_seed / len(seed_subset):.2f}s each) -> "
+        f"{seed_total / ours_total:.1f}x less time",
+        flush=True,
+    )
     res["load_after"] = load()
     print(f"load average after: {res['load_after']}", flush=True)
     if args.json:

@@ -8,6 +8,7 @@
 
     python bench/data_bench.py [--mirror DIR] [--batch_size 8] [--seq_len 512] [--seed 0]
 """
+
 import os
 import subprocess
 import sys
@@ -22,9 +23,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
 
+from lora_nlg.cli import parse_config  # noqa: E402
 from lora_nlg.data.batching import BucketBatchSampler, FTDataset  # noqa: E402
 from lora_nlg.data.files import read_encoded  # noqa: E402
-from lora_nlg.cli import parse_config  # noqa: E402
 
 
 @dataclass
@@ -72,14 +73,18 @@ def main(argv=None):
     lengths = np.asarray(ds.lengths())
     bucketed = list(BucketBatchSampler(lengths, cfg.batch_size, seed=cfg.seed))
     rng = np.random.default_rng(cfg.seed)
-    random_batches = [b.tolist() for b in np.array_split(rng.permutation(len(lengths)), -(-len(lengths) // cfg.batch_size))]
+    random_batches = [
+        b.tolist() for b in np.array_split(rng.permutation(len(lengths)), -(-len(lengths) // cfg.batch_size))
+    ]
     seed_512 = 1 - lengths.sum() / (cfg.seq_len * len(lengths))
     print(log.rstrip())
     print()
     print(f"machine: {os.cpu_count()} CPUs")
     print(f"create_datasets.sh all, from scratch: {first:.1f} s; re-run (up to date): {again:.1f} s")
-    print(f"E2E train: {len(lengths):,} sequences, mean length {lengths.mean():.1f} tokens, "
-          f"max {lengths.max()}, truncated at {cfg.seq_len}: {ds.n_truncated}")
+    print(
+        f"E2E train: {len(lengths):,} sequences, mean length {lengths.mean():.1f} tokens, "
+        f"max {lengths.max()}, truncated at {cfg.seq_len}: {ds.n_truncated}"
+    )
     print(f"padding fraction, batch {cfg.batch_size}:")
     print(f"  bucketed (ours), padded to each batch's longest: {padding_fraction(bucketed, lengths):.2%}")
     print(f"  random batches, padded to each batch's longest:  {padding_fraction(random_batches, lengths):.2%}")

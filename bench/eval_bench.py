@@ -17,6 +17,7 @@ WebNLG test (1,862 inputs; GenerationEval's sample hypotheses), microsoft/LoRA's
 Each path runs once, in a subprocess; wall time and CPU time (including child JVMs) are
 reported, with the scores of both, which must agree.
 """
+
 import argparse
 import json
 import os
@@ -29,8 +30,18 @@ import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
-SEEN = {"Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument",
-        "SportsTeam", "University", "WrittenWork"}
+SEEN = {
+    "Airport",
+    "Astronaut",
+    "Building",
+    "City",
+    "ComicsCharacter",
+    "Food",
+    "Monument",
+    "SportsTeam",
+    "University",
+    "WrittenWork",
+}
 
 
 def reference_e2e(mirror):
@@ -42,14 +53,20 @@ def reference_e2e(mirror):
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     from lora_nlg.metrics import nist, references
+
     preds, keyed = references.read_predictions(
-        os.path.join(mirror, "eval-samples", "e2e", "e2e-challenge-primary-outputs", "tgen.tsv"))
+        os.path.join(mirror, "eval-samples", "e2e", "e2e-challenge-primary-outputs", "tgen.tsv")
+    )
     pairs = references.pair(preds, keyed, references.read_references(os.path.join(mirror, "e2e", "testset_w_refs.csv")))
     hyps, refs = [t for _, t in pairs], [r.references for r, _ in pairs]
     width = max(map(len, refs))
-    scores = {"BLEU": sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a").corpus_score(
-        hyps, [[rs[k] if k < len(rs) else None for rs in refs] for k in range(width)]).score / 100,
-        "NIST": nist.nist(hyps, refs)}
+    scores = {
+        "BLEU": sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a")
+        .corpus_score(hyps, [[rs[k] if k < len(rs) else None for rs in refs] for k in range(width)])
+        .score
+        / 100,
+        "NIST": nist.nist(hyps, refs),
+    }
     gts = PTBTokenizer().tokenize({i: [{"caption": r} for r in rs] for i, rs in enumerate(refs)})
     res = PTBTokenizer().tokenize({i: [{"caption": h}] for i, h in enumerate(hyps)})
     for name, scorer in (("METEOR", Meteor()), ("ROUGE_L", Rouge()), ("CIDEr", Cider())):
@@ -62,10 +79,19 @@ def _webnlg_references(mirror, path):
     with open(path, "w", encoding="utf-8") as f:
         for i, entry in enumerate(root.iter("entry")):
             context = " | ".join(t.text.strip() for t in entry.find("modifiedtripleset").findall("mtriple"))
-            f.write(json.dumps({"id": i, "context": context, "context_ids": [],
-                                "references": [lex.text.strip() for lex in entry.findall("lex")],
-                                "category": entry.get("category"),
-                                "seen": entry.get("category") in SEEN}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": i,
+                        "context": context,
+                        "context_ids": [],
+                        "references": [lex.text.strip() for lex in entry.findall("lex")],
+                        "category": entry.get("category"),
+                        "seen": entry.get("category") in SEEN,
+                    }
+                )
+                + "\n"
+            )
 
 
 def reference_webnlg(mirror, refs_path):
@@ -77,6 +103,7 @@ def reference_webnlg(mirror, refs_path):
     import sacrebleu
 
     from lora_nlg.metrics import java, protocol, punkt
+
     nltk.data.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(punkt.find_punkt()))))
     rows = [json.loads(line) for line in open(refs_path, encoding="utf-8")]
     with open(os.path.join(mirror, "eval-samples", "generationeval-sample-en", "hypothesis"), encoding="utf-8") as f:
@@ -89,8 +116,11 @@ def reference_webnlg(mirror, refs_path):
     tok = protocol.microsoft_tokenize
     m_hyps = [tok(g["hyp"]) for g in groups.values()]
     m_refs = [[tok(g["refs"][k] if k < len(g["refs"]) else g["refs"][0]) for k in range(6)] for g in groups.values()]
-    scores = {"BLEU": sacrebleu.metrics.BLEU(tokenize="13a", smooth_method="none", force=True).corpus_score(
-        m_hyps, [[rs[k] for rs in m_refs] for k in range(6)]).score}
+    scores = {
+        "BLEU": sacrebleu.metrics.BLEU(tokenize="13a", smooth_method="none", force=True)
+        .corpus_score(m_hyps, [[rs[k] for rs in m_refs] for k in range(6)])
+        .score
+    }
     tok_h = [" ".join(nltk.word_tokenize(h)) for h in m_hyps]
     tok_r = [[" ".join(nltk.word_tokenize(r)) for r in rs] for rs in m_refs]
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,9 +128,23 @@ def reference_webnlg(mirror, refs_path):
             f.write("\n".join(tok_h))
         with open(os.path.join(tmp, "ref"), "w", encoding="utf-8") as f:
             f.write("\n".join(r for rs in tok_r for r in rs))
-        out = subprocess.run([java.java_executable(), "-Xmx2G", "-jar", java.meteor_jar(), os.path.join(tmp, "hyp"),
-                              os.path.join(tmp, "ref"), "-l", "en", "-norm", "-r", "6"],
-                             capture_output=True, check=True).stdout.decode()
+        out = subprocess.run(
+            [
+                java.java_executable(),
+                "-Xmx2G",
+                "-jar",
+                java.meteor_jar(),
+                os.path.join(tmp, "hyp"),
+                os.path.join(tmp, "ref"),
+                "-l",
+                "en",
+                "-norm",
+                "-r",
+                "6",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
     scores["METEOR"] = float(re.search(r"Final score:\s+(\S+)", out).group(1))
     ters = []
     for h, rs in zip(tok_h, tok_r):
@@ -128,7 +172,9 @@ def _load_average():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-mirror", default=os.environ.get("NLG_DATA_MIRROR", os.path.join(ROOT, "..", "shared", "data")))
+    p.add_argument(
+        "--data-mirror", default=os.environ.get("NLG_DATA_MIRROR", os.path.join(ROOT, "..", "shared", "data"))
+    )
     p.add_argument("--json", default=None)
     p.add_argument("--only", choices=("e2e", "webnlg"), default=None)
     p.add_argument("--run", choices=("reference-e2e", "reference-webnlg"), help=argparse.SUPPRESS)
@@ -149,15 +195,26 @@ def main(argv=None):
         if args.only in (None, "e2e"):
             tgen = os.path.join(mirror, "eval-samples", "e2e", "e2e-challenge-primary-outputs", "tgen.tsv")
             csv_refs = os.path.join(mirror, "e2e", "testset_w_refs.csv")
-            jobs.append(("e2e", [eval_sh, "e2e", tgen, csv_refs, "--json", os.path.join(tmp, "e2e.json")],
-                         [sys.executable, __file__, "--data-mirror", mirror, "--run", "reference-e2e"], "e2e.json"))
+            jobs.append(
+                (
+                    "e2e",
+                    [eval_sh, "e2e", tgen, csv_refs, "--json", os.path.join(tmp, "e2e.json")],
+                    [sys.executable, __file__, "--data-mirror", mirror, "--run", "reference-e2e"],
+                    "e2e.json",
+                )
+            )
         if args.only in (None, "webnlg"):
             refs = os.path.join(tmp, "test_unique.jsonl")
             _webnlg_references(mirror, refs)
             hyp = os.path.join(mirror, "eval-samples", "generationeval-sample-en", "hypothesis")
-            jobs.append(("webnlg", [eval_sh, "webnlg", hyp, refs, "--protocol", "paper", "--json", os.path.join(tmp, "w.json")],
-                         [sys.executable, __file__, "--data-mirror", mirror, "--run", "reference-webnlg", "--refs", refs],
-                         "w.json"))
+            jobs.append(
+                (
+                    "webnlg",
+                    [eval_sh, "webnlg", hyp, refs, "--protocol", "paper", "--json", os.path.join(tmp, "w.json")],
+                    [sys.executable, __file__, "--data-mirror", mirror, "--run", "reference-webnlg", "--refs", refs],
+                    "w.json",
+                )
+            )
         for name, ours_cmd, ref_cmd, report in jobs:
             load = _load_average()
             ref_wall, ref_cpu, ref_out = _timed(ref_cmd)
@@ -172,7 +229,9 @@ def main(argv=None):
                 "ours": {"wall_s": round(our_wall, 2), "cpu_s": round(our_cpu, 2), "scores": ours},
                 "speedup_wall": round(ref_wall / our_wall, 2),
                 "speedup_cpu": round(ref_cpu / our_cpu, 2),
-                "same_scores": all(abs(ours["all"][m] - v) < 5e-5 * max(1.0, abs(v)) for m, v in reference["all"].items()),
+                "same_scores": all(
+                    abs(ours["all"][m] - v) < 5e-5 * max(1.0, abs(v)) for m, v in reference["all"].items()
+                ),
             }
             print(json.dumps({name: results["runs"][name]}, indent=2), flush=True)
     if args.json:

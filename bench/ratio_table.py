@@ -5,6 +5,7 @@
 Reads the ``--json`` reports of ``train_bench.py``, ``beam_bench.py`` and ``eval_bench.py`` (any
 of them may be missing: its rows say so). A ratio above 1 means ours is faster by that factor.
 """
+
 import argparse
 import json
 import os
@@ -37,26 +38,56 @@ def rows(train, beam, evaluation):
         where = f"{report['device']}, {report['precision']}"
         if "a" in report:
             a = report["a"]
-            out.append(("decoding", "beam search vs transformers generate (equal lengths, no n-gram ban)",
-                        a["speedup"], f"{where}; {a['inputs']} inputs, {a['identical_outputs']} identical"))
+            out.append(
+                (
+                    "decoding",
+                    "beam search vs transformers generate (equal lengths, no n-gram ban)",
+                    a["speedup"],
+                    f"{where}; {a['inputs']} inputs, {a['identical_outputs']} identical",
+                )
+            )
         if "a_ngram" in report:
-            out.append(("decoding", "beam search vs transformers generate (no-repeat-ngram 4)",
-                        report["a_ngram"]["speedup"], where))
+            out.append(
+                (
+                    "decoding",
+                    "beam search vs transformers generate (no-repeat-ngram 4)",
+                    report["a_ngram"]["speedup"],
+                    where,
+                )
+            )
         if "b" in report:
             b = report["b"]
-            out.append(("decoding", "E2E test set vs the seed's protocol (4,693 lines, batch 1)", b["speedup"],
-                        f"{where}; ours {b['ours_total_s']:.1f} s, seed {b['seed_total_s']:.1f} s (extrapolated "
-                        f"from {b['seed_lines_measured']} lines)"))
+            out.append(
+                (
+                    "decoding",
+                    "E2E test set vs the seed's protocol (4,693 lines, batch 1)",
+                    b["speedup"],
+                    f"{where}; ours {b['ours_total_s']:.1f} s, seed {b['seed_total_s']:.1f} s (extrapolated "
+                    f"from {b['seed_lines_measured']} lines)",
+                )
+            )
     report, why = _load(evaluation)
     if report is None:
         out.append(("evaluation", "all comparisons", None, why))
     else:
         for name, run in report["runs"].items():
             same = "same scores" if run["same_scores"] else "SCORES DIFFER"
-            out.append(("evaluation", f"{name}: eval/eval.sh vs the official scorers (wall time)", run["speedup_wall"],
-                        f"ours {run['ours']['wall_s']} s, theirs {run['reference']['wall_s']} s; {same}"))
-            out.append(("evaluation", f"{name}: eval/eval.sh vs the official scorers (CPU time)", run["speedup_cpu"],
-                        f"ours {run['ours']['cpu_s']} s, theirs {run['reference']['cpu_s']} s"))
+            out.append(
+                (
+                    "evaluation",
+                    f"{name}: eval/eval.sh vs the official scorers (wall time)",
+                    run["speedup_wall"],
+                    f"ours {run['ours']['wall_s']} s, theirs {run['reference']['wall_s']} s; {same}",
+                )
+            )
+            out.append(
+                (
+                    "evaluation",
+                    f"{name}: eval/eval.sh vs the official scorers (CPU time)",
+                    run["speedup_cpu"],
+                    f"ours {run['ours']['cpu_s']} s, theirs {run['reference']['cpu_s']} s",
+                )
+            )
     return out
 
 

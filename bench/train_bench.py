@@ -28,6 +28,7 @@ GFLOP/step: matrix-multiply and attention FLOPs of forward plus backward
 method. Their ratio is the speed-up a compute-bound device (a CPU at full load) can give at most
 without overhead savings; on a GPU at these small shapes per-operation overhead dominates instead.
 """
+
 import argparse
 import json
 import os
@@ -48,8 +49,8 @@ from lora_nlg.data.batching import BucketBatchSampler, FTDataset, collate  # noq
 from lora_nlg.data.files import read_encoded  # noqa: E402
 from lora_nlg.lora import LoRAConfig, apply_lora, mark_only_lora_as_trainable  # noqa: E402
 from lora_nlg.model import GPT2Config, GPT2LMModel  # noqa: E402
-from lora_nlg.train.optim import build_optimizer  # noqa: E402
 from lora_nlg.train.loop import token_loss_sum  # noqa: E402
+from lora_nlg.train.optim import build_optimizer  # noqa: E402
 
 SEED_PAD_TO = 512
 FLOP_BATCHES = 2
@@ -106,8 +107,16 @@ class Method:
         if name == "ours+compile":  # what gpt2_ft.py --compile does
             self.model.transformer.compile(dynamic=True)
         cuda = device.type == "cuda"
-        self.optimizer = build_optimizer(self.model, lr=2e-4, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6,
-                                         correct_bias=True, no_decay_bias=False, fused=cuda)
+        self.optimizer = build_optimizer(
+            self.model,
+            lr=2e-4,
+            weight_decay=0.01,
+            betas=(0.9, 0.999),
+            eps=1e-6,
+            correct_bias=True,
+            no_decay_bias=False,
+            fused=cuda,
+        )
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.i = 0
 
@@ -116,11 +125,13 @@ class Method:
         import peft
         import transformers
 
-        config = transformers.GPT2Config(n_layer=12, n_head=12, n_embd=768, resid_pdrop=0.0, embd_pdrop=0.0,
-                                         attn_pdrop=0.0)
+        config = transformers.GPT2Config(
+            n_layer=12, n_head=12, n_embd=768, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+        )
         model = transformers.GPT2LMHeadModel(config)
-        lora = peft.LoraConfig(r=4, lora_alpha=32, lora_dropout=0.1, target_modules=["c_attn"],
-                               fan_in_fan_out=True, bias="none")
+        lora = peft.LoraConfig(
+            r=4, lora_alpha=32, lora_dropout=0.1, target_modules=["c_attn"], fan_in_fan_out=True, bias="none"
+        )
         return peft.get_peft_model(model, lora)
 
     def _autocast(self):
@@ -142,8 +153,9 @@ class Method:
             batch = pad_to(batch, SEED_PAD_TO)
             with self._autocast():
                 logits = self.model(batch["input_ids"])  # (B, 512, V): every position
-            token_loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                         label_smoothing=0.1, reduction="none")
+            token_loss = F.cross_entropy(
+                logits.float().flatten(0, 1), batch["labels"].flatten(), label_smoothing=0.1, reduction="none"
+            )
             mask = batch["loss_mask"].flatten()
             loss = (token_loss * mask).sum() / mask.sum()
         loss.backward()
@@ -193,8 +205,20 @@ def peak_rss_mib() -> float:
 
 def child_peak_rss(method: str, args) -> float:
     """Peak RSS (MiB) of a fresh process that runs two steps of ``method`` on the CPU."""
-    cmd = [sys.executable, __file__, "--device", "cpu", "--precision", args.precision, "--batch_size",
-           str(args.batch_size), "--memory_child", method, "--warmup", "0"]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--device",
+        "cpu",
+        "--precision",
+        args.precision,
+        "--batch_size",
+        str(args.batch_size),
+        "--memory_child",
+        method,
+        "--warmup",
+        "0",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
@@ -202,15 +226,22 @@ def child_peak_rss(method: str, args) -> float:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision (default: bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast precision (default: bf16 on CUDA, fp32 on the CPU)",
+    )
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--steps", type=int, default=30, help="timed steps per method (ours, peft)")
     p.add_argument("--seed_steps", type=int, default=None, help="timed steps of the seed method (default: --steps)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--compile", action="store_true",
-                   help="add ours+compile: the transformer body through torch.compile (gpt2_ft.py --compile)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="add ours+compile: the transformer body through torch.compile (gpt2_ft.py --compile)",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -261,29 +292,52 @@ def main(argv=None):
     for m in methods:
         t = statistics.median(w for w, _ in times[m.name])
         cpu = statistics.median(c for _, c in times[m.name])
-        rows[m.name] = dict(ms_per_step=1000 * t, cpu_ms_per_step=1000 * cpu, tokens_per_s=real_tokens / t,
-                            examples_per_s=args.batch_size / t, peak_mib=peak.get(m.name), gflop_per_step=gflop[m.name],
-                            trainable=m.trainable, steps=len(times[m.name]))
+        rows[m.name] = dict(
+            ms_per_step=1000 * t,
+            cpu_ms_per_step=1000 * cpu,
+            tokens_per_s=real_tokens / t,
+            examples_per_s=args.batch_size / t,
+            peak_mib=peak.get(m.name),
+            gflop_per_step=gflop[m.name],
+            trainable=m.trainable,
+            steps=len(times[m.name]),
+        )
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"device {device_name} | {args.precision} | GPT-2 S random weights | batch {args.batch_size} | "
-          f"data {source} (mean length {statistics.mean(lengths):.1f} tokens) | torch {torch.__version__}")
-    print(f"{'method':<12} {'ms/step':>10} {'CPU ms/step':>11} {'tokens/s':>10} {'examples/s':>11} {'peak MiB':>10} "
-          f"{'GFLOP/step':>10} {'trainable':>10} {'steps':>6}")
+    print(
+        f"device {device_name} | {args.precision} | GPT-2 S random weights | batch {args.batch_size} | "
+        f"data {source} (mean length {statistics.mean(lengths):.1f} tokens) | torch {torch.__version__}"
+    )
+    print(
+        f"{'method':<12} {'ms/step':>10} {'CPU ms/step':>11} {'tokens/s':>10} {'examples/s':>11} {'peak MiB':>10} "
+        f"{'GFLOP/step':>10} {'trainable':>10} {'steps':>6}"
+    )
     for name, r in rows.items():
         peak_s = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "n/a"
-        print(f"{name:<12} {r['ms_per_step']:>10.1f} {r['cpu_ms_per_step']:>11.1f} {r['tokens_per_s']:>10.0f} "
-              f"{r['examples_per_s']:>11.1f} {peak_s:>10} {r['gflop_per_step']:>10.1f} {r['trainable']:>10,} "
-              f"{r['steps']:>6}")
+        print(
+            f"{name:<12} {r['ms_per_step']:>10.1f} {r['cpu_ms_per_step']:>11.1f} {r['tokens_per_s']:>10.0f} "
+            f"{r['examples_per_s']:>11.1f} {peak_s:>10} {r['gflop_per_step']:>10.1f} {r['trainable']:>10,} "
+            f"{r['steps']:>6}"
+        )
     ratios = {}
     if "ours+compile" in rows and "peft" in rows:
-        ratios["ours+compile speed vs transformers+PEFT (per step)"] = rows["peft"]["ms_per_step"] / rows["ours+compile"]["ms_per_step"]
+        ratios["ours+compile speed vs transformers+PEFT (per step)"] = (
+            rows["peft"]["ms_per_step"] / rows["ours+compile"]["ms_per_step"]
+        )
     if "ours" in rows and "peft" in rows:
-        ratios["speed vs transformers+PEFT (per step, target >= 1.3)"] = rows["peft"]["ms_per_step"] / rows["ours"]["ms_per_step"]
+        ratios["speed vs transformers+PEFT (per step, target >= 1.3)"] = (
+            rows["peft"]["ms_per_step"] / rows["ours"]["ms_per_step"]
+        )
         if device.type == "cpu":  # a busy machine skews wall time; CPU time counts the work done
-            ratios["CPU time vs transformers+PEFT (per step)"] = rows["peft"]["cpu_ms_per_step"] / rows["ours"]["cpu_ms_per_step"]
-        ratios["FLOPs of transformers+PEFT / ours (compute-bound ceiling)"] = rows["peft"]["gflop_per_step"] / rows["ours"]["gflop_per_step"]
+            ratios["CPU time vs transformers+PEFT (per step)"] = (
+                rows["peft"]["cpu_ms_per_step"] / rows["ours"]["cpu_ms_per_step"]
+            )
+        ratios["FLOPs of transformers+PEFT / ours (compute-bound ceiling)"] = (
+            rows["peft"]["gflop_per_step"] / rows["ours"]["gflop_per_step"]
+        )
     if "ours" in rows and "seed" in rows:
-        ratios["examples/s vs seed method (target >= 4)"] = rows["ours"]["examples_per_s"] / rows["seed"]["examples_per_s"]
+        ratios["examples/s vs seed method (target >= 4)"] = (
+            rows["ours"]["examples_per_s"] / rows["seed"]["examples_per_s"]
+        )
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     if args.json:

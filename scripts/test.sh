@@ -19,4 +19,9 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 python -m pip install -q -r requirements-test.txt
 python -m pip install -q --no-deps -e .
+# Lint and format (pyproject.toml [tool.ruff]) before the tests: CI enforces both.
+python -m ruff check --quiet . && python -m ruff format --check --quiet . || {
+  echo "test.sh: ruff found problems above; 'python -m ruff check --fix . && python -m ruff format .' fixes most" >&2
+  exit 1
+}
 exec python -m pytest "$@"

@@ -7,6 +7,7 @@
 Flags: ``python src/gpt2_beam.py --help``; the program: ``lora_nlg/predict.py``; the search:
 ``lora_nlg/beam.py``.
 """
+
 import os
 import sys
 

@@ -7,6 +7,7 @@
 
 Flags: ``python src/gpt2_decode.py --help``; formats and protocols: ``lora_nlg/decode_files.py``.
 """
+
 import os
 import sys
 

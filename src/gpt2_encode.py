@@ -6,6 +6,7 @@
 Same flags and output as upstream's script: context = BPE(context) [+ 50256 with --add_bos],
 completion = BPE(" " + completion) [+ 50256 with --add_eos]. The program: ``lora_nlg/data/prepare.py``.
 """
+
 import os
 import sys
 

@@ -5,6 +5,7 @@
 
 Flags: ``python src/gpt2_ft.py --help``; the loop: ``lora_nlg/train.py``.
 """
+
 import os
 import sys
 

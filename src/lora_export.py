@@ -5,6 +5,7 @@
 
 Flags: ``python src/lora_export.py --help``; the program: ``lora_nlg/weights/convert.py``.
 """
+
 import os
 import sys
 

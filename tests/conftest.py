@@ -24,6 +24,7 @@ Data (session-wide, read only): ``mirror``, the raw data mirror (NLG_DATA_MIRROR
 ../shared/data; the test fails without it); ``prepared``, ``create_datasets all`` run on it
 offline once per test process (``prepared_data.py``).
 """
+
 import os
 
 import prepared_data
@@ -36,8 +37,15 @@ TINY = dict(n_layer=4, n_head=4, n_embd=128, vocab_size=101, n_positions=64)
 
 def _hf_config() -> transformers.GPT2Config:
     return transformers.GPT2Config(
-        **TINY, initializer_range=0.2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=None, eos_token_id=None, activation_function="gelu_new")
+        **TINY,
+        initializer_range=0.2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        activation_function="gelu_new",
+    )
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """`create_datasets all` on the real mirror, run once per test process and shared through
 conftest's ``mirror`` and ``prepared`` fixtures. Not a test module."""
+
 import atexit
 import functools
 import shutil

@@ -1,4 +1,5 @@
 """Batching: the seed's example rule, per-batch padding, and the length-bucketed sampler."""
+
 import json
 import logging
 
@@ -6,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from lora_nlg.data import raw as D
 from lora_nlg.data import prepare
+from lora_nlg.data import raw as D
 from lora_nlg.data.batching import BucketBatchSampler, FTDataset, collate
 from lora_nlg.data.files import read_encoded, read_unique
 from lora_nlg.data.tokenizer import GPT2Tokenizer
 
-
 # --- the seed's FT_Dataset (microsoft/LoRA examples/NLG/src/data_utils.py), re-typed ----------
+
 
 def _seed_padding_tokens(tokens, max_seq_length, pad_token, direct):
     pad_tokens = tokens[:max_seq_length] if direct > 0 else tokens[-max_seq_length:]
@@ -35,8 +36,13 @@ def seed_item(context, completion, max_seq_length, joint_lm):
 
 def random_examples(n, seed=0, max_context=30, max_completion=40):
     rng = np.random.default_rng(seed)
-    return [(rng.integers(0, 50256, rng.integers(1, max_context)).tolist() + [50256],
-             rng.integers(0, 50256, rng.integers(0, max_completion)).tolist() + [50256]) for _ in range(n)]
+    return [
+        (
+            rng.integers(0, 50256, rng.integers(1, max_context)).tolist() + [50256],
+            rng.integers(0, 50256, rng.integers(0, max_completion)).tolist() + [50256],
+        )
+        for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("joint_lm", [False, True])
@@ -56,7 +62,7 @@ def test_items_follow_the_seed_rule(joint_lm, seq_len):
             full = context + completion
             want = [1.0 if len(context) <= t + 1 < n else 0.0 for t in range(n)]
             assert item["loss_mask"] == want
-            assert [lab for lab, m in zip(item["labels"], item["loss_mask"]) if m] == full[len(context):n]
+            assert [lab for lab, m in zip(item["labels"], item["loss_mask"]) if m] == full[len(context) : n]
 
 
 def test_truncation_is_counted_and_reported_once(caplog):
@@ -80,9 +86,11 @@ def test_collate_pads_to_the_longest_in_the_batch():
     batch = collate([ds[0], ds[1], ds[2]], pad_id=50256)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["loss_mask"].shape == (3, 7)
     assert batch["input_ids"].dtype == torch.long and batch["loss_mask"].dtype == torch.float
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 50256, 50256, 50256, 50256],
-                                           [5, 6, 7, 8, 9, 10, 50256],
-                                           [11, 12, 50256, 50256, 50256, 50256, 50256]]
+    assert batch["input_ids"].tolist() == [
+        [1, 2, 3, 50256, 50256, 50256, 50256],
+        [5, 6, 7, 8, 9, 10, 50256],
+        [11, 12, 50256, 50256, 50256, 50256, 50256],
+    ]
     assert batch["labels"].tolist() == [[2, 3, 50256, 0, 0, 0, 0], [6, 7, 8, 9, 10, 50256, 0], [12, 0, 0, 0, 0, 0, 0]]
     assert batch["loss_mask"].tolist() == [[0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 0], [1, 0, 0, 0, 0, 0, 0]]
     assert collate([ds[2]])["input_ids"].shape == (1, 2)
@@ -105,26 +113,35 @@ def test_dataloader_end_to_end():
 
 # --- read_encoded / read_unique ---------------------------------------------------------------
 
+
 def write_lines(path, lines_):
     path.write_text("".join(line + "\n" for line in lines_), encoding="utf-8")
     return path
 
 
 def test_read_encoded(tmp_path):
-    path = write_lines(tmp_path / "e.jsonl", ['{"context": [1, 50256], "completion": [2, 3, 50256]}', "",
-                                              '{"context": [4, 50256], "completion": [50256]}'])
+    path = write_lines(
+        tmp_path / "e.jsonl",
+        ['{"context": [1, 50256], "completion": [2, 3, 50256]}', "", '{"context": [4, 50256], "completion": [50256]}'],
+    )
     assert read_encoded(path) == [([1, 50256], [2, 3, 50256]), ([4, 50256], [50256])]
 
 
-@pytest.mark.parametrize("line,message", [
-    ('{"context": [1], "completion": [2]', r"e.jsonl:2: malformed JSON"),
-    ('{"context": [1]}', r"e.jsonl:2: missing field 'completion'"),
-    ('{"context": [1, "2"], "completion": [2]}', r"e.jsonl:2: field 'context' must be a non-empty list of token ids"),
-    ('{"context": [1], "completion": []}', r"e.jsonl:2: field 'completion' must be a non-empty list"),
-    ('{"context": [1], "completion": [-3]}', r"e.jsonl:2: field 'completion' must be"),
-    ('{"context": [1], "completion": [true]}', r"e.jsonl:2: field 'completion' must be"),
-    ('[1, 2]', r"e.jsonl:2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"context": [1], "completion": [2]', r"e.jsonl:2: malformed JSON"),
+        ('{"context": [1]}', r"e.jsonl:2: missing field 'completion'"),
+        (
+            '{"context": [1, "2"], "completion": [2]}',
+            r"e.jsonl:2: field 'context' must be a non-empty list of token ids",
+        ),
+        ('{"context": [1], "completion": []}', r"e.jsonl:2: field 'completion' must be a non-empty list"),
+        ('{"context": [1], "completion": [-3]}', r"e.jsonl:2: field 'completion' must be"),
+        ('{"context": [1], "completion": [true]}', r"e.jsonl:2: field 'completion' must be"),
+        ("[1, 2]", r"e.jsonl:2: expected a JSON object"),
+    ],
+)
 def test_read_encoded_errors(tmp_path, line, message):
     path = write_lines(tmp_path / "e.jsonl", ['{"context": [1], "completion": [2]}', line])
     with pytest.raises(ValueError, match=message):
@@ -132,12 +149,21 @@ def test_read_encoded_errors(tmp_path, line, message):
 
 
 def test_read_unique(tmp_path):
-    good = {"id": 0, "context": "a : b", "context_ids": [64, 50256], "references": ["x", "y"],
-            "category": "Food", "seen": True}
+    good = {
+        "id": 0,
+        "context": "a : b",
+        "context_ids": [64, 50256],
+        "references": ["x", "y"],
+        "category": "Food",
+        "seen": True,
+    }
     path = write_lines(tmp_path / "u.jsonl", [json.dumps(good)])
     assert read_unique(path) == [good]
-    for field, value, message in (("references", [], "a non-empty list of strings"), ("id", "0", "an int"),
-                                  ("context_ids", [], "a non-empty list of token ids")):
+    for field, value, message in (
+        ("references", [], "a non-empty list of strings"),
+        ("id", "0", "an int"),
+        ("context_ids", [], "a non-empty list of token ids"),
+    ):
         bad = dict(good, **{field: value})
         write_lines(path, [json.dumps(good), json.dumps(bad)])
         with pytest.raises(ValueError, match=rf"u.jsonl:2: field '{field}' must be {message}"):
@@ -148,6 +174,7 @@ def test_read_unique(tmp_path):
 
 
 # --- BucketBatchSampler -----------------------------------------------------------------------
+
 
 def all_rank_batches(lengths, batch_size, world_size, **kw):
     samplers = [BucketBatchSampler(lengths, batch_size, world_size, r, **kw) for r in range(world_size)]
@@ -189,7 +216,7 @@ def test_global_batches_do_not_depend_on_world_size(n):
         merged = [[i for r in range(world_size) for i in per_rank[r][k]] for k in range(len(per_rank[0]))]
         assert merged == single[0]
         for r in range(world_size):  # rank r takes slice r of each global batch
-            assert per_rank[r][0] == single[0][0][r * (8 // world_size):(r + 1) * (8 // world_size)]
+            assert per_rank[r][0] == single[0][0][r * (8 // world_size) : (r + 1) * (8 // world_size)]
 
 
 def test_small_left_over_batch_is_merged_so_no_rank_is_empty():
@@ -221,7 +248,9 @@ def test_seeded_shuffled_and_bucketed():
     lens = np.asarray(lengths)
 
     def padding(batches):
-        return sum(len(bt) * lens[bt].max() - lens[bt].sum() for bt in batches) / sum(len(bt) * lens[bt].max() for bt in batches)
+        return sum(len(bt) * lens[bt].max() - lens[bt].sum() for bt in batches) / sum(
+            len(bt) * lens[bt].max() for bt in batches
+        )
 
     rng = np.random.default_rng(0)
     random_batches = np.array_split(rng.permutation(len(lengths)), len(lengths) // 8)

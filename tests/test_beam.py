@@ -18,6 +18,7 @@ source of transformers 5.24 (`generation/utils.py`, `_beam_search`):
   and stops at the stop token: equal with a stop id, `min_new_tokens` = our `min_length`, and the
   n-gram ban and repetition penalty over prompt + generated tokens (our `include_prompt_*`).
 """
+
 import itertools
 
 import pytest
@@ -26,8 +27,15 @@ import torch
 from lora_nlg.beam import BeamSettings, Hypothesis, apply_repetition_penalty, ban_ngrams_, beam_search, process_logits
 from lora_nlg.model import GPT2Config, GPT2LMModel
 
-PROMPTS = [[5, 17, 33, 2], [9, 8, 7, 6, 5, 4, 3], [42], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
-           [60, 61], [77, 3, 77, 3, 77], [12, 99, 0, 45, 45, 45]]
+PROMPTS = [
+    [5, 17, 33, 2],
+    [9, 8, 7, 6, 5, 4, 3],
+    [42],
+    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    [60, 61],
+    [77, 3, 77, 3, 77],
+    [12, 99, 0, 45, 45, 45],
+]
 
 # Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,8 +63,12 @@ def greedy(model, prompt, eval_len, stop_ids=()):
 def _same(a, b):
     assert [h.token_ids for h in a] == [h.token_ids for h in b]
     assert [h.finished for h in a] == [h.finished for h in b]
-    assert torch.allclose(torch.tensor([h.score for h in a], dtype=torch.float64),
-                          torch.tensor([h.score for h in b], dtype=torch.float64), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(
+        torch.tensor([h.score for h in a], dtype=torch.float64),
+        torch.tensor([h.score for h in b], dtype=torch.float64),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 def _count_forwards(model):
@@ -71,6 +83,7 @@ def _frequent_token(model, prompts, eval_len, position):
 
 
 # ----------------------------------------------------------------------------------- references
+
 
 def test_beam_1_equals_greedy(model):
     stop = _frequent_token(model, PROMPTS, 12, 4)
@@ -97,12 +110,12 @@ def brute_force(model, prompt, eval_len, stop, length_penalty):
     V = model.config.vocab_size
     seqs = torch.tensor(list(itertools.product(range(V), repeat=eval_len)))
     ids = torch.cat([torch.tensor(prompt).expand(len(seqs), -1), seqs], 1)
-    logprobs = torch.log_softmax(model(ids)[:, len(prompt) - 1:-1], -1)  # (S, eval_len, V)
+    logprobs = torch.log_softmax(model(ids)[:, len(prompt) - 1 : -1], -1)  # (S, eval_len, V)
     cum = logprobs.gather(2, seqs[:, :, None])[:, :, 0].cumsum(1)
     best = (float("-inf"), None)
     for seq, c in zip(seqs.tolist(), cum.tolist()):
         n = seq.index(stop) + 1 if stop in seq else eval_len
-        score = c[n - 1] / n ** length_penalty
+        score = c[n - 1] / n**length_penalty
         if score > best[0]:
             best = (score, seq[:n])
     return best
@@ -114,8 +127,14 @@ def test_enough_beams_find_the_exact_best_sequence(length_penalty):
     best sequence under the length-normalised score; early stopping must not lose it."""
     model, V, T, stop = _toy_model(), 6, 4, 5
     prompts = [[0, 1, 2], [3], [4, 4, 1, 0, 2]]
-    s = BeamSettings(beam=V * (V - 1) ** (T - 1), eval_len=T, length_penalty=length_penalty,
-                     stop_ids=(stop,), no_repeat_ngram_size=0, batch_size=3)
+    s = BeamSettings(
+        beam=V * (V - 1) ** (T - 1),
+        eval_len=T,
+        length_penalty=length_penalty,
+        stop_ids=(stop,),
+        no_repeat_ngram_size=0,
+        batch_size=3,
+    )
     got = beam_search(model, prompts, s)
     kinds = set()
     for prompt, hyp in zip(prompts, got):
@@ -165,14 +184,26 @@ def test_matches_transformers_beam_search(model, hf_tiny_model):
     """beam 4, length penalty 0.8, no stop token, fixed length: equal to transformers' generate."""
     hf = hf_tiny_model.double()
     T, K, lp = 10, 4, 0.8
-    got = beam_search(model, PROMPTS, BeamSettings(beam=K, eval_len=T, length_penalty=lp, stop_ids=(),
-                                                   no_repeat_ngram_size=0, batch_size=4))
+    got = beam_search(
+        model,
+        PROMPTS,
+        BeamSettings(beam=K, eval_len=T, length_penalty=lp, stop_ids=(), no_repeat_ngram_size=0, batch_size=4),
+    )
     for prompt, hyp in zip(PROMPTS, got):
-        out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                          num_beams=K, max_new_tokens=T, do_sample=False, length_penalty=lp,
-                          eos_token_id=None, pad_token_id=0, early_stopping=False,
-                          output_scores=True, return_dict_in_generate=True)
-        assert hyp.token_ids == out.sequences[0, len(prompt):].tolist()
+        out = hf.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            num_beams=K,
+            max_new_tokens=T,
+            do_sample=False,
+            length_penalty=lp,
+            eos_token_id=None,
+            pad_token_id=0,
+            early_stopping=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        assert hyp.token_ids == out.sequences[0, len(prompt) :].tolist()
         # transformers keeps its beam scores in float32
         assert hyp.score == pytest.approx(out.sequences_scores[0].item(), rel=1e-6)
         assert not hyp.finished
@@ -183,22 +214,37 @@ def test_matches_transformers_greedy_with_processors(model, hf_tiny_model):
     hf = hf_tiny_model.double()
     T = 16
     stop = _frequent_token(model, PROMPTS, 12, 3)
-    s = BeamSettings(beam=1, eval_len=T, stop_ids=(stop,), min_length=3, no_repeat_ngram_size=2,
-                     repetition_penalty=1.3, include_prompt_in_ngram=True,
-                     include_prompt_in_repetition_penalty=True, batch_size=4)
+    s = BeamSettings(
+        beam=1,
+        eval_len=T,
+        stop_ids=(stop,),
+        min_length=3,
+        no_repeat_ngram_size=2,
+        repetition_penalty=1.3,
+        include_prompt_in_ngram=True,
+        include_prompt_in_repetition_penalty=True,
+        batch_size=4,
+    )
     got = beam_search(model, PROMPTS, s)
     for prompt, hyp in zip(PROMPTS, got):
-        out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                          num_beams=1, do_sample=False, max_new_tokens=T, eos_token_id=stop,
-                          pad_token_id=stop, min_new_tokens=3, no_repeat_ngram_size=2,
-                          repetition_penalty=1.3)
-        assert hyp.token_ids == out[0, len(prompt):].tolist()
+        out = hf.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            num_beams=1,
+            do_sample=False,
+            max_new_tokens=T,
+            eos_token_id=stop,
+            pad_token_id=stop,
+            min_new_tokens=3,
+            no_repeat_ngram_size=2,
+            repetition_penalty=1.3,
+        )
+        assert hyp.token_ids == out[0, len(prompt) :].tolist()
 
 
 # ------------------------------------------------------------------------- batching and caching
 
-ALL_ON = dict(beam=3, eval_len=14, length_penalty=0.8, no_repeat_ngram_size=3, repetition_penalty=1.2,
-              min_length=2)
+ALL_ON = dict(beam=3, eval_len=14, length_penalty=0.8, no_repeat_ngram_size=3, repetition_penalty=1.2, min_length=2)
 
 
 def test_mixed_prompt_lengths_in_one_batch_equal_decoding_each_alone(model):
@@ -212,10 +258,17 @@ def test_mixed_prompt_lengths_in_one_batch_equal_decoding_each_alone(model):
 def test_cached_equals_uncached(model):
     stop = _frequent_token(model, PROMPTS, 12, 3)
     for include_prompt in (False, True):
-        kw = dict(ALL_ON, stop_ids=(stop,), batch_size=4, include_prompt_in_ngram=include_prompt,
-                  include_prompt_in_repetition_penalty=include_prompt)
-        _same(beam_search(model, PROMPTS, BeamSettings(**kw, use_cache=True)),
-              beam_search(model, PROMPTS, BeamSettings(**kw, use_cache=False)))
+        kw = dict(
+            ALL_ON,
+            stop_ids=(stop,),
+            batch_size=4,
+            include_prompt_in_ngram=include_prompt,
+            include_prompt_in_repetition_penalty=include_prompt,
+        )
+        _same(
+            beam_search(model, PROMPTS, BeamSettings(**kw, use_cache=True)),
+            beam_search(model, PROMPTS, BeamSettings(**kw, use_cache=False)),
+        )
 
 
 def test_results_come_back_in_input_order_and_within_eval_len(model):
@@ -228,6 +281,7 @@ def test_results_come_back_in_input_order_and_within_eval_len(model):
 
 # ------------------------------------------------------------------------------- n-gram ban
 
+
 def seed_banned_tokens(tokens, n):
     """The seed's rule (fairseq's): n-grams of the history -> tokens banned after its last n-1."""
     if len(tokens) + 1 < n or len(tokens) < n:
@@ -235,7 +289,7 @@ def seed_banned_tokens(tokens, n):
     grams = {}
     for gram in zip(*[tokens[i:] for i in range(n)]):
         grams.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
-    return grams.get(tuple(tokens[len(tokens) - n + 1:]), set())
+    return grams.get(tuple(tokens[len(tokens) - n + 1 :]), set())
 
 
 def test_ngram_ban_equals_the_seed_rule_on_random_histories():
@@ -250,7 +304,7 @@ def test_ngram_ban_equals_the_seed_rule_on_random_histories():
             logits = torch.randn(12, V, generator=g, dtype=torch.float64)
             out = ban_ngrams_(logits.clone(), seq, valid, n)
             for row in range(12):
-                want = seed_banned_tokens(seq[row, pad[row]:].tolist(), n)
+                want = seed_banned_tokens(seq[row, pad[row] :].tolist(), n)
                 assert set(torch.isinf(out[row]).nonzero()[:, 0].tolist()) == want, (n, L, row)
                 kept = [v for v in range(V) if v not in want]
                 assert torch.equal(out[row, kept], logits[row, kept])
@@ -264,8 +318,9 @@ def _repeats(tokens, n, start=0):
 
 def test_no_repeat_ngram_changes_the_result_and_bans_repeats(model):
     plain = beam_search(model, PROMPTS, BeamSettings(beam=3, eval_len=16, stop_ids=(), batch_size=7))
-    banned = beam_search(model, PROMPTS, BeamSettings(beam=3, eval_len=16, stop_ids=(),
-                                                      no_repeat_ngram_size=2, batch_size=7))
+    banned = beam_search(
+        model, PROMPTS, BeamSettings(beam=3, eval_len=16, stop_ids=(), no_repeat_ngram_size=2, batch_size=7)
+    )
     assert any(_repeats(h.token_ids, 2) for h in plain)
     assert not any(_repeats(h.token_ids, 2) for h in banned)
     assert [h.token_ids for h in plain] != [h.token_ids for h in banned]
@@ -295,6 +350,7 @@ def test_no_repeat_ngram_with_the_prompt(model):
 
 # ------------------------------------------------------------------------ repetition penalty
 
+
 def seed_repetition_penalty(logits, history, penalty):
     """The seed's loop (without its debug prints): per row, per distinct earlier token."""
     logits = logits.clone()
@@ -323,13 +379,15 @@ def test_repetition_penalty_changes_the_result(model):
         return sum(len(set(h.token_ids)) for h in hyps)
 
     plain = beam_search(model, PROMPTS, BeamSettings(beam=3, eval_len=16, stop_ids=(), batch_size=7))
-    penalised = beam_search(model, PROMPTS, BeamSettings(beam=3, eval_len=16, stop_ids=(),
-                                                         repetition_penalty=3.0, batch_size=7))
+    penalised = beam_search(
+        model, PROMPTS, BeamSettings(beam=3, eval_len=16, stop_ids=(), repetition_penalty=3.0, batch_size=7)
+    )
     assert [h.token_ids for h in plain] != [h.token_ids for h in penalised]
     assert distinct(penalised) > distinct(plain)
 
 
 # ------------------------------------------------------------------------ min length, stop ids
+
 
 def test_min_length_changes_the_result(model):
     stops = tuple(sorted({greedy(model, p, 2)[1] for p in PROMPTS}))
@@ -365,8 +423,10 @@ def test_several_stop_ids(model):
 
 def test_stop_id_outside_the_vocabulary_is_ignored(model):
     s = dict(beam=2, eval_len=6, batch_size=7, min_length=2)
-    _same(beam_search(model, PROMPTS, BeamSettings(**s, stop_ids=(50256,))),
-          beam_search(model, PROMPTS, BeamSettings(**s, stop_ids=())))
+    _same(
+        beam_search(model, PROMPTS, BeamSettings(**s, stop_ids=(50256,))),
+        beam_search(model, PROMPTS, BeamSettings(**s, stop_ids=())),
+    )
 
 
 def test_process_logits_order_is_the_seeds():

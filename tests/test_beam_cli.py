@@ -1,5 +1,6 @@
 """gpt2_beam.py end to end on the tiny GPT-2: adapters and their stored alpha, the seed's .pt,
 the backbone rule, input formats, the output file, and 2 gloo ranks against 1."""
+
 import json
 import os
 import subprocess
@@ -9,19 +10,37 @@ import pytest
 import torch
 
 from lora_nlg.beam import BeamSettings, beam_search
+from lora_nlg.data.tokenizer import GPT2Tokenizer
+from lora_nlg.decode.predict import BeamConfig, load_decoding_model, main, merge_repeated_flags, text_of
+from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict, merge_lora
 from lora_nlg.weights.adapter import apply_lora_weights, save_lora
 from lora_nlg.weights.backbone import load_pretrained
-from lora_nlg.lora import lora_state_dict
-from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, merge_lora
-from lora_nlg.decode.predict import BeamConfig, load_decoding_model, main, merge_repeated_flags, text_of
-from lora_nlg.data.tokenizer import GPT2Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROMPTS = [[5, 17, 33, 2], [9, 8, 7, 6, 5, 4, 3], [42], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
-           [60, 61], [77, 3, 77, 3, 77], [12, 99, 0, 45, 45, 45]]
+PROMPTS = [
+    [5, 17, 33, 2],
+    [9, 8, 7, 6, 5, 4, 3],
+    [42],
+    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    [60, 61],
+    [77, 3, 77, 3, 77],
+    [12, 99, 0, 45, 45, 45],
+]
 IDS = [6, 0, 3, 1, 5, 2, 4]  # not in file order: the output must come back sorted
-FLAGS = ["--beam", "3", "--eval_len", "12", "--length_penalty", "0.8", "--no_repeat_ngram_size", "3",
-         "--eos_token_id", "40", "--batch_size", "3"]
+FLAGS = [
+    "--beam",
+    "3",
+    "--eval_len",
+    "12",
+    "--length_penalty",
+    "0.8",
+    "--no_repeat_ngram_size",
+    "3",
+    "--eos_token_id",
+    "40",
+    "--batch_size",
+    "3",
+]
 STORED_ALPHA = 8.0
 
 # Tiny models are many small ops: one thread avoids OpenMP waits (10-100x on a busy machine).
@@ -31,7 +50,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _lora_tensors(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for key, t in lora_state_dict(model).items():
+        for t in lora_state_dict(model).values():
             t.copy_(torch.randn(t.shape, generator=g) * 0.3)
     return {k: v.clone() for k, v in lora_state_dict(model).items()}
 
@@ -52,9 +71,16 @@ def files(tmp_path_factory, hf_tiny_dir):
     with open(root / "test.jsonl", "w") as f:  # the seed's encoded form: each input once per reference
         for p in [PROMPTS[0], PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[2], PROMPTS[2]]:
             f.write(json.dumps({"context": p, "completion": [1, 2]}) + "\n")
-    return dict(root=root, backbone=hf_tiny_dir, adapter=root / "ckpt", tensors=tensors, seed=root / "seed_lora.pt",
-                orphan=root / "orphan.safetensors",
-                unique=root / "test_unique.jsonl", encoded=root / "test.jsonl")
+    return dict(
+        root=root,
+        backbone=hf_tiny_dir,
+        adapter=root / "ckpt",
+        tensors=tensors,
+        seed=root / "seed_lora.pt",
+        orphan=root / "orphan.safetensors",
+        unique=root / "test_unique.jsonl",
+        encoded=root / "test.jsonl",
+    )
 
 
 def _reference(files, alpha, prompts=PROMPTS):
@@ -141,8 +167,9 @@ def test_no_silent_random_backbone(files, tmp_path, capsys):
     assert rc == 2 and "no backbone" in capsys.readouterr().err
     rc, out = _run(files, tmp_path, "--init_checkpoint", str(files["orphan"]), "--random_backbone")
     assert rc == 0 and len(out) == len(PROMPTS) and "--random_backbone" in capsys.readouterr().err
-    rc, out = _run(files, tmp_path, "--init_checkpoint", str(files["orphan"]),
-                   "--pretrained_checkpoint", str(files["backbone"]))
+    rc, out = _run(
+        files, tmp_path, "--init_checkpoint", str(files["orphan"]), "--pretrained_checkpoint", str(files["backbone"])
+    )
     by_id = {r["id"]: r["token_ids"] for r in out}
     assert rc == 0 and [by_id[i] for i in IDS] == _reference(files, STORED_ALPHA)
 
@@ -152,7 +179,9 @@ def test_encoded_input_one_line_per_pair_each_prompt_decoded_once(files, tmp_pat
 
     decoded = []
     real = predict.beam_search
-    monkeypatch.setattr(predict, "beam_search", lambda m, prompts, *a, **k: decoded.extend(prompts) or real(m, prompts, *a, **k))
+    monkeypatch.setattr(
+        predict, "beam_search", lambda m, prompts, *a, **k: decoded.extend(prompts) or real(m, prompts, *a, **k)
+    )
     rc, out = _run(files, tmp_path, "--init_checkpoint", str(files["adapter"]), data="encoded")
     assert rc == 0
     assert [r["id"] for r in out] == list(range(6))
@@ -190,16 +219,41 @@ def test_text_is_cut_at_the_stop_token_and_the_first_blank_line():
 
 
 def test_two_gloo_ranks_write_what_one_rank_writes(files, tmp_path):
-    args = ["--data", str(files["unique"]), "--init_checkpoint", str(files["adapter"]), *FLAGS,
-            "--batch_size", "2", "--device", "cpu"]
+    args = [
+        "--data",
+        str(files["unique"]),
+        "--init_checkpoint",
+        str(files["adapter"]),
+        *FLAGS,
+        "--batch_size",
+        "2",
+        "--device",
+        "cpu",
+    ]
     one = tmp_path / "one"
     assert main([*args, "--work_dir", str(one), "--output_file", "p.jsonl"]) == 0
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(REPO, "src", "gpt2_beam.py"), *args, "--work_dir", str(two), "--output_file", "p.jsonl"],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            os.path.join(REPO, "src", "gpt2_beam.py"),
+            *args,
+            "--work_dir",
+            str(two),
+            "--output_file",
+            "p.jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (two / "p.jsonl").read_text() == (one / "p.jsonl").read_text()
     assert "2 rank(s)" in proc.stderr

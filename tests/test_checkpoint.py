@@ -1,4 +1,5 @@
 """Checkpoint formats in and out: Hugging Face folders, the seed's files, adapters; strict errors."""
+
 import json
 import os
 import shlex
@@ -10,12 +11,12 @@ from conftest import TINY
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lora_nlg.weights.layout import ADAPTER_FILE, METADATA_KEY
-from lora_nlg.weights.tensors import CheckpointError, read_tensors
+from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict, merge_lora
 from lora_nlg.weights.adapter import apply_lora_weights, load_lora, save_lora
 from lora_nlg.weights.backbone import load_pretrained, save_pretrained
+from lora_nlg.weights.layout import ADAPTER_FILE, METADATA_KEY
+from lora_nlg.weights.tensors import CheckpointError, read_tensors
 from lora_nlg.weights.upstream import lora_config_from_tensors
-from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict, merge_lora
 
 TOL = 1e-4  # as test_model: max abs logit difference against transformers
 
@@ -37,7 +38,7 @@ def save_safetensors(tensors, path):
 def hub_original(state):
     """The Hub's original GPT-2 files (what the seed downloads): no 'transformer.' prefix, no
     lm_head, and the causal-mask buffers attn.bias / attn.masked_bias stored as tensors."""
-    out = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
+    out = {k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")}
     P = TINY["n_positions"]
     for i in range(TINY["n_layer"]):
         out[f"h.{i}.attn.bias"] = torch.tril(torch.ones(P, P)).view(1, 1, P, P)
@@ -61,8 +62,19 @@ def seed_full(state, tf_names=True):
 
 # ------------------------------------------------------------------------------ loading formats
 
-@pytest.mark.parametrize("fmt", ["hub_bin", "hub_safetensors", "transformers_single_file", "seed_tf_names",
-                                 "seed_module_prefix", "state_dict_wrapper", "our_linear_layout"])
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "hub_bin",
+        "hub_safetensors",
+        "transformers_single_file",
+        "seed_tf_names",
+        "seed_module_prefix",
+        "state_dict_wrapper",
+        "our_linear_layout",
+    ],
+)
 def test_loads_every_format(fmt, tmp_path, hf_tiny_state, hf_tiny_model, token_ids, tiny_model):
     if fmt == "hub_bin":
         path = tmp_path / "gpt2-pytorch_model.bin"
@@ -105,15 +117,18 @@ def test_dtype(hf_tiny_dir):
 
 # -------------------------------------------------------------------------------- load errors
 
+
 @pytest.fixture
 def broken(tmp_path, hf_tiny_state):
     """Write a copy of the reference weights with ``edit`` applied; return its path."""
+
     def write(edit):
         state = {k: v.clone() for k, v in hf_tiny_state.items() if k != "lm_head.weight"}
         edit(state)
         path = tmp_path / "broken.safetensors"
         save_safetensors(state, path)
         return path
+
     return write
 
 
@@ -132,8 +147,11 @@ def test_unexpected_key_is_named(broken):
 
 def test_wrong_shape_is_named(broken):
     path = broken(lambda s: s.update({"transformer.h.2.mlp.c_fc.bias": torch.zeros(100)}))
-    with pytest.raises(CheckpointError, match=r"wrong shape \(1\): transformer\.h\.2\.mlp\.c_fc\.bias: "
-                                              r"\(100,\) in the file, \(512,\) expected"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"wrong shape \(1\): transformer\.h\.2\.mlp\.c_fc\.bias: "
+        r"\(100,\) in the file, \(512,\) expected",
+    ):
         load_pretrained(path)
 
 
@@ -143,11 +161,16 @@ def test_all_problems_in_one_error(broken):
         s.pop("transformer.h.3.attn.c_proj.weight")
         s["transformer.h.0.mlp.c_proj.weight"] = torch.zeros(128, 512)  # nn.Linear layout in a Conv1D file
         s["something.else"] = torch.zeros(1)
+
     with pytest.raises(CheckpointError) as e:
         load_pretrained(broken(edit))
     msg = str(e.value)
-    for key in ("transformer.ln_f.weight", "transformer.h.3.attn.c_proj.weight",
-                "transformer.h.0.mlp.c_proj.weight: (128, 512) in the file, (512, 128) expected", "something.else"):
+    for key in (
+        "transformer.ln_f.weight",
+        "transformer.h.3.attn.c_proj.weight",
+        "transformer.h.0.mlp.c_proj.weight: (128, 512) in the file, (512, 128) expected",
+        "something.else",
+    ):
         assert key in msg
 
 
@@ -184,7 +207,9 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path):
 
 
 def test_model_card_conflict_names_both(hf_tiny_dir, tmp_path, hf_tiny_state):
-    with pytest.raises(CheckpointError, match=r"n_layer=4, n_head=4, n_embd=128.*'gpt2\.md' is n_layer=24, n_head=16, n_embd=1024"):
+    with pytest.raises(
+        CheckpointError, match=r"n_layer=4, n_head=4, n_embd=128.*'gpt2\.md' is n_layer=24, n_head=16, n_embd=1024"
+    ):
         load_pretrained(hf_tiny_dir, model_card="gpt2.md")
     torch.save(dict(hf_tiny_state), tmp_path / "w.bin")  # single file: n_head from the card table
     with pytest.raises(CheckpointError, match="'gpt2.sm'"):
@@ -199,16 +224,20 @@ def test_config_json_must_agree(tmp_path, hf_tiny_dir):
     folder.mkdir()
     (folder / "model.safetensors").write_bytes((hf_tiny_dir / "model.safetensors").read_bytes())
     config = json.loads((hf_tiny_dir / "config.json").read_text())
-    for change, message in [({"activation_function": "gelu"}, "activation_function is 'gelu'"),
-                            ({"n_embd": 64}, "config.json says n_embd=64, the weights have n_embd=128")]:
+    for change, message in [
+        ({"activation_function": "gelu"}, "activation_function is 'gelu'"),
+        ({"n_embd": 64}, "config.json says n_embd=64, the weights have n_embd=128"),
+    ]:
         (folder / "config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(CheckpointError, match=message):
             load_pretrained(folder)
 
 
 def test_lora_only_file_is_not_a_backbone(tmp_path):
-    lora = {"module.transformer.h.0.attn.c_attn.lora_A": torch.zeros(8, 128),
-            "module.transformer.h.0.attn.c_attn.lora_B": torch.zeros(256, 4)}
+    lora = {
+        "module.transformer.h.0.attn.c_attn.lora_A": torch.zeros(8, 128),
+        "module.transformer.h.0.attn.c_attn.lora_B": torch.zeros(256, 4),
+    }
     torch.save({"model_state_dict": lora}, tmp_path / "model.20000.pt")
     with pytest.raises(CheckpointError, match="only LoRA tensors.*not a GPT-2 backbone"):
         load_pretrained(tmp_path / "model.20000.pt")
@@ -231,12 +260,18 @@ def test_seed_full_checkpoint_with_lora(tmp_path, hf_tiny_state):
 
 # --------------------------------------------------------------------------------- saving
 
+
 def test_save_pretrained_loads_in_transformers(tiny_model, token_ids, tmp_path):
     save_pretrained(tiny_model, tmp_path / "out")
     assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert (config["model_type"], config["activation_function"], config["n_embd"], config["n_layer"],
-            config["n_head"]) == ("gpt2", "gelu_new", 128, 4, 4)
+    assert (
+        config["model_type"],
+        config["activation_function"],
+        config["n_embd"],
+        config["n_layer"],
+        config["n_head"],
+    ) == ("gpt2", "gelu_new", 128, 4, 4)
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
         assert f.get_slice("transformer.h.0.attn.c_attn.weight").get_shape() == [128, 384]  # Conv1D
     hf, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out", output_loading_info=True)
@@ -265,7 +300,10 @@ def test_save_pretrained_merges_lora_and_leaves_the_model(tiny_model, token_ids,
         assert max_diff(hf(input_ids=token_ids).logits, base) > 1e-2  # the LoRA update was written
     merge_lora(tiny_model)  # an already merged model saves the same weights
     save_pretrained(tiny_model, tmp_path / "merged2")
-    a, b = read_tensors(tmp_path / "merged" / "model.safetensors"), read_tensors(tmp_path / "merged2" / "model.safetensors")
+    a, b = (
+        read_tensors(tmp_path / "merged" / "model.safetensors"),
+        read_tensors(tmp_path / "merged2" / "model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(max_diff(a[k], b[k]) < 1e-6 for k in a)
 
 
@@ -281,6 +319,7 @@ def test_save_pretrained_replaces_only_its_own_folder(tiny_model, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- adapters
+
 
 def lora_model(tiny_model, seed=0, **cfg):
     apply_lora(tiny_model, LoRAConfig(**{"r": 4, "alpha": 32, **cfg}))
@@ -299,8 +338,14 @@ def test_save_load_lora_round_trip(tiny_model, hf_tiny_dir, token_ids, tmp_path)
     assert tensors.keys() == lora_state_dict(model).keys()
     assert all(torch.equal(tensors[k], v) for k, v in lora_state_dict(model).items())
     assert {k: meta[k] for k in ("r", "alpha", "dropout", "targets", "scaling_rule", "scaling", "model_card")} == {
-        "r": 4, "alpha": 32, "dropout": 0.1, "targets": ["q", "v", "mlp.c_fc"], "scaling_rule": "alpha/r",
-        "scaling": 8.0, "model_card": "gpt2.tiny"}
+        "r": 4,
+        "alpha": 32,
+        "dropout": 0.1,
+        "targets": ["q", "v", "mlp.c_fc"],
+        "scaling_rule": "alpha/r",
+        "scaling": 8.0,
+        "model_card": "gpt2.tiny",
+    }
     assert (meta["step"], meta["epoch"], meta["val_loss"], meta["config"]) == (1200, 2, 1.25, run)
     assert meta["model_config"]["n_embd"] == 128
 

@@ -1,4 +1,5 @@
 """The typed command line (`lora_nlg.cli`) and atomic writes (`lora_nlg.atomic`)."""
+
 import dataclasses
 import os
 import stat

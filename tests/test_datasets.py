@@ -5,6 +5,7 @@ prepared once per test process (`prepared`, about 15 s; shared with test_tokeniz
 tests read those files. The source /
 download / up-to-date / atomic-write tests use a tiny mirror built in a temporary folder.
 """
+
 import copy
 import csv
 import glob
@@ -18,14 +19,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 import upstream_files as U
+
 from lora_nlg.catalog import SEEN_CATEGORIES
 from lora_nlg.data import files, prepare
 from lora_nlg.data import raw as D
-from lora_nlg.errors import FormatError
 from lora_nlg.data.sources import SOURCES_JSON, SourceError, fetch, load_sources
 from lora_nlg.data.tokenizer import GPT2Tokenizer
+from lora_nlg.errors import FormatError
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = {"e2e": "e2e", "webnlg": "webnlg_challenge_2017", "dart": "dart"}
@@ -86,7 +87,13 @@ def test_webnlg_seen_unseen(prepared):
     assert (len(seen), len(unseen)) == (971, 891)
     assert (sum(len(u["references"]) for u in seen), sum(len(u["references"]) for u in unseen)) == (2495, 2433)
     assert {u["category"] for u in seen} == SEEN_CATEGORIES
-    assert {u["category"] for u in unseen} == {"Artist", "Athlete", "CelestialBody", "MeanOfTransportation", "Politician"}
+    assert {u["category"] for u in unseen} == {
+        "Artist",
+        "Athlete",
+        "CelestialBody",
+        "MeanOfTransportation",
+        "Politician",
+    }
     formatted = lines(prepared / "webnlg_challenge_2017" / "test_formatted.jsonl")
     assert sum(f["cate"] for f in formatted) == 2495
 
@@ -94,15 +101,20 @@ def test_webnlg_seen_unseen(prepared):
 def test_webnlg_entries_without_good_lexicalisation(mirror):
     """The XML has 6,940 train and 872 dev entries; those with only `toFix` texts are no input."""
     for split, n_entries, without in (("train", 6940, 5), ("dev", 872, 1)):
-        entries = [e for f in sorted(glob.glob(str(mirror / f"webnlg_challenge_2017/{split}/*/*.xml")))
-                   for e in ET.parse(f).getroot().iter("entry")]
+        entries = [
+            e
+            for f in sorted(glob.glob(str(mirror / f"webnlg_challenge_2017/{split}/*/*.xml")))
+            for e in ET.parse(f).getroot().iter("entry")
+        ]
         assert len(entries) == n_entries
         assert sum(not any(lex.get("comment") == "good" for lex in e.iter("lex")) for e in entries) == without
 
 
 def test_dart_raw_annotation_counts(mirror):
-    for name, n_sets, n_annotations in (("dart-v1.1.1-full-dev.json", 2768, 6980),
-                                        ("dart-v1.1.1-full-test.json.xz", 5097, 12552)):
+    for name, n_sets, n_annotations in (
+        ("dart-v1.1.1-full-dev.json", 2768, 6980),
+        ("dart-v1.1.1-full-test.json.xz", 5097, 12552),
+    ):
         data = json.loads(D.read_text(mirror / "dart" / name))
         assert (len(data), sum(len(e["annotations"]) for e in data)) == (n_sets, n_annotations)
     pairs = D.read_dart_json(mirror / "dart/dart-v1.1.1-full-test.json.xz", empty_references="drop")
@@ -114,61 +126,94 @@ def test_dart_raw_annotation_counts(mirror):
 
 FIRST_LAST = {
     ("e2e", "train"): (
-        ("name : The Vaults | Type : pub | price : more than £ 30 | customer rating : 5 out of 5 | near : Café Adriatic",
-         "The Vaults pub near Café Adriatic has a 5 star rating.  Prices start at £30."),
-        ("name : Aromi | Type : restaurant | food : English | area : city centre",
-         "Aromi is an English restaurant in the city centre.")),
+        (
+            "name : The Vaults | Type : pub | price : more than £ 30 | customer rating : 5 out of 5 | near : Café Adriatic",
+            "The Vaults pub near Café Adriatic has a 5 star rating.  Prices start at £30.",
+        ),
+        (
+            "name : Aromi | Type : restaurant | food : English | area : city centre",
+            "Aromi is an English restaurant in the city centre.",
+        ),
+    ),
     ("e2e", "valid"): (
-        ("name : Alimentum | area : city centre | family friendly : no",
-         "There is a place in the city centre, Alimentum, that is not family-friendly."),
-        ("name : Wildwood | Type : coffee shop | food : English | price : moderate | customer rating : 3 out of 5 | near : Ranch",
-         "Wildwood is a moderately priced English coffee shop located near the Ranch. It has been rated 3 out of 5.")),
+        (
+            "name : Alimentum | area : city centre | family friendly : no",
+            "There is a place in the city centre, Alimentum, that is not family-friendly.",
+        ),
+        (
+            "name : Wildwood | Type : coffee shop | food : English | price : moderate | customer rating : 3 out of 5 | near : Ranch",
+            "Wildwood is a moderately priced English coffee shop located near the Ranch. It has been rated 3 out of 5.",
+        ),
+    ),
     ("e2e", "test"): (
-        ("name : Blue Spice | Type : coffee shop | area : city centre",
-         "A coffee shop in the city centre area called Blue Spice."),
-        ("name : Zizzi | Type : pub | near : The Sorrento",
-         "There is a pub  called Zizzi located near The Sorrento.")),
+        (
+            "name : Blue Spice | Type : coffee shop | area : city centre",
+            "A coffee shop in the city centre area called Blue Spice.",
+        ),
+        ("name : Zizzi | Type : pub | near : The Sorrento", "There is a pub  called Zizzi located near The Sorrento."),
+    ),
     ("webnlg", "train"): (
         ('Aarhus_Airport : cityServed : "Aarhus, Denmark"', "The Aarhus is the airport of Aarhus, Denmark."),
-        ('Visvesvaraya_Technological_University : city : Belgaum | Acharya_Institute_of_Technology : established : 2000'
-         ' | Acharya_Institute_of_Technology : motto : "Nurturing Excellence" | Acharya_Institute_of_Technology : state'
-         ' : Karnataka | Acharya_Institute_of_Technology : country : "India" | Acharya_Institute_of_Technology : campus'
-         ' : "In Soldevanahalli, Acharya Dr. Sarvapalli Radhakrishnan Road, Hessarghatta Main Road, Bangalore – 560090."'
-         ' | Acharya_Institute_of_Technology : affiliation : Visvesvaraya_Technological_University',
-         'Acharya Institute of Technology (motto: "Nurturing Excellence") was established in 2000 and is located at'
-         ' Soldevanahalli, Acharya Dr. Sarvapalli Radhakrishnan Road, Hessarghatta Main Road, Bangalore – 560090,'
-         ' Karnataka, India. The Institute is affiliated with Visvesvaraya Technological University of Belgaum.')),
+        (
+            "Visvesvaraya_Technological_University : city : Belgaum | Acharya_Institute_of_Technology : established : 2000"
+            ' | Acharya_Institute_of_Technology : motto : "Nurturing Excellence" | Acharya_Institute_of_Technology : state'
+            ' : Karnataka | Acharya_Institute_of_Technology : country : "India" | Acharya_Institute_of_Technology : campus'
+            ' : "In Soldevanahalli, Acharya Dr. Sarvapalli Radhakrishnan Road, Hessarghatta Main Road, Bangalore – 560090."'
+            " | Acharya_Institute_of_Technology : affiliation : Visvesvaraya_Technological_University",
+            'Acharya Institute of Technology (motto: "Nurturing Excellence") was established in 2000 and is located at'
+            " Soldevanahalli, Acharya Dr. Sarvapalli Radhakrishnan Road, Hessarghatta Main Road, Bangalore – 560090,"
+            " Karnataka, India. The Institute is affiliated with Visvesvaraya Technological University of Belgaum.",
+        ),
+    ),
     ("webnlg", "valid"): (
         ("Aarhus : leaderName : Jacob_Bundsgaard", "The leader of Aarhus is Jacob Bundsgaard."),
-        ('Visvesvaraya_Technological_University : city : Belgaum | Acharya_Institute_of_Technology : director :'
-         ' "Dr. G. P. Prabhukumar" | Acharya_Institute_of_Technology : established : 2000 |'
-         ' Acharya_Institute_of_Technology : state : Karnataka | Acharya_Institute_of_Technology : country : "India" |'
-         ' Acharya_Institute_of_Technology : campus : "In Soldevanahalli, Acharya Dr. Sarvapalli Radhakrishnan Road,'
-         ' Hessarghatta Main Road, Bangalore – 560090." | Acharya_Institute_of_Technology : affiliation :'
-         ' Visvesvaraya_Technological_University',
-         "Acharya Institute of Technology is affiliated with Visvesvaraya Technological University which is in"
-         " Belgium. The institute itself is in India's Karnataka state and its full address is In Soldevanahalli,"
-         " Acharya Dr. Sarvapalli Radhakrishnan Road, Hessarghatta Main Road, Bangalore – 560090. It was created in"
-         " 2000 and its director is Dr. G. P. Prabhukumar.")),
+        (
+            "Visvesvaraya_Technological_University : city : Belgaum | Acharya_Institute_of_Technology : director :"
+            ' "Dr. G. P. Prabhukumar" | Acharya_Institute_of_Technology : established : 2000 |'
+            ' Acharya_Institute_of_Technology : state : Karnataka | Acharya_Institute_of_Technology : country : "India" |'
+            ' Acharya_Institute_of_Technology : campus : "In Soldevanahalli, Acharya Dr. Sarvapalli Radhakrishnan Road,'
+            ' Hessarghatta Main Road, Bangalore – 560090." | Acharya_Institute_of_Technology : affiliation :'
+            " Visvesvaraya_Technological_University",
+            "Acharya Institute of Technology is affiliated with Visvesvaraya Technological University which is in"
+            " Belgium. The institute itself is in India's Karnataka state and its full address is In Soldevanahalli,"
+            " Acharya Dr. Sarvapalli Radhakrishnan Road, Hessarghatta Main Road, Bangalore – 560090. It was created in"
+            " 2000 and its director is Dr. G. P. Prabhukumar.",
+        ),
+    ),
     ("webnlg", "test"): (
-        ("Abilene_Regional_Airport : cityServed : Abilene,_Texas",
-         "Abilene, Texas is served by the Abilene regional airport."),
-        ("Uruguay : leaderName : Raúl_Fernando_Sendic_Rodríguez | Alfredo_Zitarrosa : deathPlace : Montevideo |"
-         " Montevideo : country : Uruguay | Montevideo : leaderName : Daniel_Martínez_(politician) | Uruguay :"
-         " language : Spanish_language",
-         "Raúl Fernando Sendic Rodríguez is the leader of Spanish speaking, Uruguay. Daniel Martinez is the leader"
-         " of Montevideo, the final resting place of Alfredo Zitarrosa.")),
+        (
+            "Abilene_Regional_Airport : cityServed : Abilene,_Texas",
+            "Abilene, Texas is served by the Abilene regional airport.",
+        ),
+        (
+            "Uruguay : leaderName : Raúl_Fernando_Sendic_Rodríguez | Alfredo_Zitarrosa : deathPlace : Montevideo |"
+            " Montevideo : country : Uruguay | Montevideo : leaderName : Daniel_Martínez_(politician) | Uruguay :"
+            " language : Spanish_language",
+            "Raúl Fernando Sendic Rodríguez is the leader of Spanish speaking, Uruguay. Daniel Martinez is the leader"
+            " of Montevideo, the final resting place of Alfredo Zitarrosa.",
+        ),
+    ),
     ("dart", "valid"): (
-        ("Mars Hill College : joined : 1973 | Mars Hill College : location : Mars Hill, North Carolina",
-         "A school from Mars Hill, North Carolina, joined in 1973."),
-        ("Wildwood : eattype : coffee shop | Wildwood : pricerange : moderate | Wildwood : near : Ranch",
-         "The Wildwood is an affordable coffee shop located in Ranch.")),
+        (
+            "Mars Hill College : joined : 1973 | Mars Hill College : location : Mars Hill, North Carolina",
+            "A school from Mars Hill, North Carolina, joined in 1973.",
+        ),
+        (
+            "Wildwood : eattype : coffee shop | Wildwood : pricerange : moderate | Wildwood : near : Ranch",
+            "The Wildwood is an affordable coffee shop located in Ranch.",
+        ),
+    ),
     ("dart", "test"): (
-        ("Hawaii Five-O : notes : Episode: The Flight of the Jewels | [TABLECONTEXT] : [title] : Jeff Daniels |"
-         " [TABLECONTEXT] : title : Hawaii Five-O",
-         "Jeff Daniels played in the Hawaii Five-O episode The Flight of the Jewels"),
-        ("Zizzi : eattype : pub | Zizzi : near : The Sorrento",
-         "There is a pub  called Zizzi located near The Sorrento.")),
+        (
+            "Hawaii Five-O : notes : Episode: The Flight of the Jewels | [TABLECONTEXT] : [title] : Jeff Daniels |"
+            " [TABLECONTEXT] : title : Hawaii Five-O",
+            "Jeff Daniels played in the Hawaii Five-O episode The Flight of the Jewels",
+        ),
+        (
+            "Zizzi : eattype : pub | Zizzi : near : The Sorrento",
+            "There is a pub  called Zizzi located near The Sorrento.",
+        ),
+    ),
 }
 
 
@@ -180,21 +225,31 @@ def test_first_and_last_example(prepared, tok, name, split):
     for k, (context, completion) in zip((0, -1), FIRST_LAST[name, split]):
         assert (formatted[k]["context"], formatted[k]["completion"]) == (context, completion)
         # Seed encoding: BOS after the context, " " before the completion, EOS after it.
-        assert encoded[k] == {"context": tok.encode(context) + [50256],
-                              "completion": tok.encode(" " + completion) + [50256]}
+        assert encoded[k] == {
+            "context": tok.encode(context) + [50256],
+            "completion": tok.encode(" " + completion) + [50256],
+        }
 
 
 def test_unique_records(prepared, tok):
     first = lines(prepared / "webnlg_challenge_2017" / "test_unique.jsonl")[0]
     assert first == {
-        "id": 0, "context": "Abilene_Regional_Airport : cityServed : Abilene,_Texas",
+        "id": 0,
+        "context": "Abilene_Regional_Airport : cityServed : Abilene,_Texas",
         "context_ids": tok.encode("Abilene_Regional_Airport : cityServed : Abilene,_Texas") + [50256],
-        "references": ["Abilene, Texas is served by the Abilene regional airport.",
-                       "Abilene Regional Airport serves the city of Abilene in Texas."],
-        "category": "Airport", "seen": True}
+        "references": [
+            "Abilene, Texas is served by the Abilene regional airport.",
+            "Abilene Regional Airport serves the city of Abilene in Texas.",
+        ],
+        "category": "Airport",
+        "seen": True,
+    }
     last = lines(prepared / "e2e" / "valid_unique.jsonl")[-1]
     assert (last["id"], len(last["references"]), last["references"][-1]) == (
-        546, 9, "Wildwood is a moderately priced English coffee shop located near the Ranch. It has been rated 3 out of 5.")
+        546,
+        9,
+        "Wildwood is a moderately priced English coffee shop located near the Ranch. It has been rated 3 out of 5.",
+    )
     assert set(last) == {"id", "context", "context_ids", "references"}
 
 
@@ -202,7 +257,9 @@ def test_unique_context_ids_match_encoded_contexts(prepared):
     for name in OUT.values():
         for split in ("valid", "test"):
             by_context = {}
-            for f, e in zip(lines(prepared / name / f"{split}_formatted.jsonl"), lines(prepared / name / f"{split}.jsonl")):
+            for f, e in zip(
+                lines(prepared / name / f"{split}_formatted.jsonl"), lines(prepared / name / f"{split}.jsonl")
+            ):
                 by_context[f["context"]] = e["context"]
             for u in lines(prepared / name / f"{split}_unique.jsonl"):
                 assert u["context_ids"] == by_context[u["context"]]
@@ -226,14 +283,16 @@ def test_outputs_are_identical_when_rebuilt(prepared, mirror, tok, tmp_path):
         ("webnlg_challenge_2017", "valid"): lambda: D.read_webnlg_xml(sorted(web.glob("dev/*/*.xml"))),
         ("webnlg_challenge_2017", "test"): lambda: D.read_webnlg_xml([web / "test" / "testdata_with_lex.xml"]),
         ("dart", "valid"): lambda: D.read_dart_json(mirror / "dart" / "dart-v1.1.1-full-dev.json"),
-        ("dart", "test"): lambda: D.read_dart_json(mirror / "dart" / "dart-v1.1.1-full-test.json.xz",
-                                                   empty_references="drop"),
+        ("dart", "test"): lambda: D.read_dart_json(
+            mirror / "dart" / "dart-v1.1.1-full-test.json.xz", empty_references="drop"
+        ),
     }
     for (name, split), read in readers.items():
         prepare.write_split(tmp_path / name, split, read(), tok)
         for suffix in ("_formatted.jsonl", ".jsonl", "_unique.jsonl"):
-            assert (prepared / name / f"{split}{suffix}").read_bytes() == \
-                (tmp_path / name / f"{split}{suffix}").read_bytes(), (name, split, suffix)
+            assert (prepared / name / f"{split}{suffix}").read_bytes() == (
+                tmp_path / name / f"{split}{suffix}"
+            ).read_bytes(), (name, split, suffix)
 
 
 def test_rerun_does_nothing_when_up_to_date(prepared, mirror, capsys):
@@ -266,21 +325,25 @@ def test_vocab_copied_and_ignored_by_git(prepared, mirror):
 # ----------------------------------------------------------------------------------------------
 # The seed's formats give the same records
 
+
 def test_e2e_seed_format_and_official_csv_agree(mirror):
     """Contexts: equal line for line on valid and test (the seed tokenized MR values with Moses).
     Completions: the seed's are Moses-tokenized; our tokenization recipe applied to the official
     references reproduces valid.txt on all 4,672 lines; test.txt was made with another tokenizer
     upstream (`is n't`), and 4,557 of its 4,693 lines match. Grouping into inputs: equal."""
     for csv_name, seed_name, n_lines, n_same_completions in (
-            ("devset.csv", "valid.txt", 4672, 4672), ("testset_w_refs.csv", "test.txt", 4693, 4557)):
+        ("devset.csv", "valid.txt", 4672, 4672),
+        ("testset_w_refs.csv", "test.txt", 4693, 4557),
+    ):
         official = D.read_e2e_csv(mirror / "e2e" / csv_name, text="moses")
         seed = U.read_e2e_upstream_txt(mirror / "e2e" / "microsoft-format" / seed_name)
         assert len(official) == len(seed) == n_lines
         assert [p.context for p in official] == [p.context for p in seed]
         assert sum(a.completion == b.completion for a, b in zip(official, seed)) == n_same_completions
         u_official, u_seed = D.unique_inputs(official), D.unique_inputs(seed)
-        assert [(u["context"], len(u["references"])) for u in u_official] == \
-            [(u["context"], len(u["references"])) for u in u_seed]
+        assert [(u["context"], len(u["references"])) for u in u_official] == [
+            (u["context"], len(u["references"])) for u in u_seed
+        ]
     # The contexts do not depend on how the completions are written.
     raw = D.read_e2e_csv(mirror / "e2e" / "testset_w_refs.csv")
     assert [p.context for p in raw] == [p.context for p in seed]
@@ -299,17 +362,22 @@ def test_e2e_moses_formatted_valid_is_the_seeds_converter_output(mirror, tok, tm
 
 
 def test_e2e_seed_text_recipe():
-    assert D.e2e_upstream_text("Prices start at £30. It's family-friendly!  Rated 5. out of 5.") == \
-        "Prices start at £ 30 . It 's family - friendly ! Rated 5. out of 5 ."
+    assert (
+        D.e2e_upstream_text("Prices start at £30. It's family-friendly!  Rated 5. out of 5.")
+        == "Prices start at £ 30 . It 's family - friendly ! Rated 5. out of 5 ."
+    )
     # no split after a number when a lower-case word follows; otherwise split
     assert D.split_sentences("A. B? c 5. d 6. E") == ["A.", "B?", "c 5. d 6.", "E"]
 
 
-@pytest.mark.parametrize("split,xml,seed_json", [
-    ("train", "train/*/*.xml", "train.json.xz"),
-    ("valid", "dev/*/*.xml", "dev.json"),
-    ("test", "test/testdata_with_lex.xml", "test.json.xz"),
-])
+@pytest.mark.parametrize(
+    "split,xml,seed_json",
+    [
+        ("train", "train/*/*.xml", "train.json.xz"),
+        ("valid", "dev/*/*.xml", "dev.json"),
+        ("test", "test/testdata_with_lex.xml", "test.json.xz"),
+    ],
+)
 def test_webnlg_xml_and_seed_json_give_identical_records(mirror, split, xml, seed_json):
     folder = mirror / "webnlg_challenge_2017"
     from_xml = D.read_webnlg_xml(sorted(glob.glob(str(folder / xml))))
@@ -325,12 +393,17 @@ def _seed_webnlg_converter(data):
     out = []
     for i, example in enumerate(data["entries"]):
         entry = example[str(i + 1)]
-        triples = " | ".join("{} : {} : {}".format(t["subject"], t["property"], t["object"])
-                             for t in entry["modifiedtripleset"])
+        triples = " | ".join(
+            "{} : {} : {}".format(t["subject"], t["property"], t["object"]) for t in entry["modifiedtripleset"]
+        )
         for sent in entry["lexicalisations"]:
             if sent["comment"] == "good":
-                out.append(json.dumps({"context": triples, "completion": sent["lex"],
-                                       "cate": entry["category"] in SEEN_CATEGORIES}) + "\n")
+                out.append(
+                    json.dumps(
+                        {"context": triples, "completion": sent["lex"], "cate": entry["category"] in SEEN_CATEGORIES}
+                    )
+                    + "\n"
+                )
     return "".join(out)
 
 
@@ -359,13 +432,18 @@ def test_gpt2_encode_script_matches_prepared_files(prepared, tmp_path):
 
     vocab = str(prepared / "gpt2-vocab")
     src = prepared / "e2e" / "valid_formatted.jsonl"
-    assert gpt2_encode.main(["--vocab", vocab, "--input", str(src), "--output", str(tmp_path / "a.jsonl"),
-                             "--add_bos", "--add_eos"]) == 0
+    assert (
+        gpt2_encode.main(
+            ["--vocab", vocab, "--input", str(src), "--output", str(tmp_path / "a.jsonl"), "--add_bos", "--add_eos"]
+        )
+        == 0
+    )
     assert (tmp_path / "a.jsonl").read_bytes() == (prepared / "e2e" / "valid.jsonl").read_bytes()
     assert gpt2_encode.main(["--vocab", vocab, "--input", str(src), "--output", str(tmp_path / "b.jsonl")]) == 0
     with_flags, without = lines(tmp_path / "a.jsonl"), lines(tmp_path / "b.jsonl")
-    assert [(w["context"] + [50256], w["completion"] + [50256]) for w in without] == \
-        [(f["context"], f["completion"]) for f in with_flags]
+    assert [(w["context"] + [50256], w["completion"] + [50256]) for w in without] == [
+        (f["context"], f["completion"]) for f in with_flags
+    ]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"context": "a", "completion": "b"}\n{"context": "a"}\n')
     assert gpt2_encode.main(["--vocab", vocab, "--input", str(bad), "--output", str(tmp_path / "c.jsonl")]) == 1
@@ -374,6 +452,7 @@ def test_gpt2_encode_script_matches_prepared_files(prepared, tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # Bad input: file, line (or entry) and what was expected
+
 
 def write(path, text, xz=False):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,15 +464,18 @@ def write(path, text, xz=False):
 E2E_CSV = 'mr,ref\n"name[A], eatType[pub]","A is a pub."\n"name[B], priceRange[£20-25]","B costs £20-25."\n'
 
 
-@pytest.mark.parametrize("text,message", [
-    ("mr,reference\n", r"x.csv:1: expected the header 'mr,ref'"),
-    ('mr,ref\n"name[A]","A.",extra\n', r"x.csv:2: expected 2 fields \(mr, ref\), got 3"),
-    ('mr,ref\n"name[A]","ok"\n"name[B]"\n', r"x.csv:3: expected 2 fields \(mr, ref\), got 1"),
-    ('mr,ref\n"name[A]",""\n', r"x.csv:2: empty reference \(ref\)"),
-    ('mr,ref\n"name[A]","  "\n', r"x.csv:2: empty reference \(ref\)"),
-    ('mr,ref\n"name A","A."\n', r"x.csv:2: mr 'name A' is not a list of 'attribute\[value\]'"),
-    ('mr,ref\n"name[A], colour[red]","A."\n', r"x.csv:2: unknown MR attribute 'colour'"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("mr,reference\n", r"x.csv:1: expected the header 'mr,ref'"),
+        ('mr,ref\n"name[A]","A.",extra\n', r"x.csv:2: expected 2 fields \(mr, ref\), got 3"),
+        ('mr,ref\n"name[A]","ok"\n"name[B]"\n', r"x.csv:3: expected 2 fields \(mr, ref\), got 1"),
+        ('mr,ref\n"name[A]",""\n', r"x.csv:2: empty reference \(ref\)"),
+        ('mr,ref\n"name[A]","  "\n', r"x.csv:2: empty reference \(ref\)"),
+        ('mr,ref\n"name A","A."\n', r"x.csv:2: mr 'name A' is not a list of 'attribute\[value\]'"),
+        ('mr,ref\n"name[A], colour[red]","A."\n', r"x.csv:2: unknown MR attribute 'colour'"),
+    ],
+)
 def test_e2e_csv_errors(tmp_path, text, message):
     with pytest.raises(FormatError, match=message):
         D.read_e2e_csv(write(tmp_path / "x.csv", text))
@@ -405,7 +487,8 @@ def test_e2e_csv_reads_xz_and_quoted_newlines(tmp_path):
     assert [(p.context, p.completion, p.where) for p in pairs] == [
         ("name : A | Type : pub", "A is a pub.", f"{tmp_path}/x.csv.xz:2"),
         ("name : B | price : £ 20 - 25", "B costs £20-25.", f"{tmp_path}/x.csv.xz:3"),
-        ("name : C", "Line one.\nLine two.", f"{tmp_path}/x.csv.xz:5")]
+        ("name : C", "Line one.\nLine two.", f"{tmp_path}/x.csv.xz:5"),
+    ]
 
 
 def test_e2e_seed_txt_errors(tmp_path):
@@ -426,30 +509,50 @@ def webnlg_xml(*entries):
 
 def test_webnlg_xml_reader(tmp_path):
     a = write(tmp_path / "a.xml", webnlg_xml(WEBNLG_ENTRY.format(cat="Food", eid=1, triple="X | p | Y", lex="X p Y.")))
-    b = write(tmp_path / "b.xml", webnlg_xml(WEBNLG_ENTRY.format(cat="Artist", eid=1, triple="Z | q | W", lex="Z q W.")))
+    b = write(
+        tmp_path / "b.xml", webnlg_xml(WEBNLG_ENTRY.format(cat="Artist", eid=1, triple="Z | q | W", lex="Z q W."))
+    )
     pairs = D.read_webnlg_xml([a, b])
     assert [(p.context, p.completion, p.input_key, p.category) for p in pairs] == [
-        ("X : p : Y", "X p Y.", 1, "Food"), ("Z : q : W", "Z q W.", 2, "Artist")]
+        ("X : p : Y", "X p Y.", 1, "Food"),
+        ("Z : q : W", "Z q W.", 2, "Artist"),
+    ]
     assert [u["seen"] for u in D.unique_inputs(pairs)] == [True, False]
 
 
-@pytest.mark.parametrize("text,message", [
-    (webnlg_xml(WEBNLG_ENTRY.format(cat="Food", eid=1, triple="X | p | Y", lex="ok"))[:-20], r"w.xml:3:\d+: malformed XML"),
-    (webnlg_xml(WEBNLG_ENTRY.format(cat="Food", eid=7, triple="X | p", lex="ok")),
-     r"w.xml entry Id7: mtriple 'X \| p': expected 'subject \| property \| object'"),
-    (webnlg_xml(WEBNLG_ENTRY.format(cat="Food", eid=3, triple="X | p | Y", lex="")),
-     r"w.xml entry Id3 lex Id1: empty reference \(lex\)"),
-    (webnlg_xml(WEBNLG_ENTRY.format(cat="", eid=4, triple="X | p | Y", lex="ok")), r"w.xml entry Id4: missing attribute 'category'"),
-    ("<benchmark><entries></entries></benchmark>", r"w.xml: no <benchmark><entries><entry>"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            webnlg_xml(WEBNLG_ENTRY.format(cat="Food", eid=1, triple="X | p | Y", lex="ok"))[:-20],
+            r"w.xml:3:\d+: malformed XML",
+        ),
+        (
+            webnlg_xml(WEBNLG_ENTRY.format(cat="Food", eid=7, triple="X | p", lex="ok")),
+            r"w.xml entry Id7: mtriple 'X \| p': expected 'subject \| property \| object'",
+        ),
+        (
+            webnlg_xml(WEBNLG_ENTRY.format(cat="Food", eid=3, triple="X | p | Y", lex="")),
+            r"w.xml entry Id3 lex Id1: empty reference \(lex\)",
+        ),
+        (
+            webnlg_xml(WEBNLG_ENTRY.format(cat="", eid=4, triple="X | p | Y", lex="ok")),
+            r"w.xml entry Id4: missing attribute 'category'",
+        ),
+        ("<benchmark><entries></entries></benchmark>", r"w.xml: no <benchmark><entries><entry>"),
+    ],
+)
 def test_webnlg_xml_errors(tmp_path, text, message):
     with pytest.raises(FormatError, match=message):
         D.read_webnlg_xml(write(tmp_path / "w.xml", text))
 
 
 def test_webnlg_seed_json_errors(tmp_path):
-    entry = {"category": "Food", "modifiedtripleset": [{"subject": "X", "property": "p", "object": "Y"}],
-             "lexicalisations": [{"comment": "good", "lex": "X p Y."}]}
+    entry = {
+        "category": "Food",
+        "modifiedtripleset": [{"subject": "X", "property": "p", "object": "Y"}],
+        "lexicalisations": [{"comment": "good", "lex": "X p Y."}],
+    }
     ok = write(tmp_path / "t.json", json.dumps({"entries": [{"1": entry}]}))
     assert [p.context for p in U.read_webnlg_upstream_json(ok)] == ["X : p : Y"]
     broken = copy.deepcopy(entry)
@@ -460,34 +563,62 @@ def test_webnlg_seed_json_errors(tmp_path):
         U.read_webnlg_upstream_json(write(tmp_path / "t.json", '{"entries": [}'))
 
 
-@pytest.mark.parametrize("data,message", [
-    ('[{"tripleset": [["a", "B", "c"]], "annotations": [{"text": "t"}]},\n {"tripleset": []', r"d.json:2:\d+: malformed JSON"),
-    ('[{"tripleset": [["a", "B", "c"]]}]', r"d.json entry 0: missing field 'annotations'"),
-    ('[{"tripleset": [["a", "B"]], "annotations": [{"text": "t"}]}]', r"d.json entry 0 triple 0: expected \[subject, property, object\]"),
-    ('[{"tripleset": [["a", "B", "c"]], "annotations": [{"text": "t"}, {"source": "x"}]}]', r"d.json entry 0 annotation 1: missing field 'text'"),
-    ('[{"tripleset": [["a", "B", "c"]], "annotations": [{"text": " "}]}]', r"d.json entry 0 annotation 0: empty reference"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (
+            '[{"tripleset": [["a", "B", "c"]], "annotations": [{"text": "t"}]},\n {"tripleset": []',
+            r"d.json:2:\d+: malformed JSON",
+        ),
+        ('[{"tripleset": [["a", "B", "c"]]}]', r"d.json entry 0: missing field 'annotations'"),
+        (
+            '[{"tripleset": [["a", "B"]], "annotations": [{"text": "t"}]}]',
+            r"d.json entry 0 triple 0: expected \[subject, property, object\]",
+        ),
+        (
+            '[{"tripleset": [["a", "B", "c"]], "annotations": [{"text": "t"}, {"source": "x"}]}]',
+            r"d.json entry 0 annotation 1: missing field 'text'",
+        ),
+        (
+            '[{"tripleset": [["a", "B", "c"]], "annotations": [{"text": " "}]}]',
+            r"d.json entry 0 annotation 0: empty reference",
+        ),
+    ],
+)
 def test_dart_errors(tmp_path, data, message):
     with pytest.raises(FormatError, match=message):
         D.read_dart_json(write(tmp_path / "d.json", data))
 
 
 def test_dart_reader_lowercases_property_and_can_drop_empty_references(tmp_path):
-    path = write(tmp_path / "d.json", json.dumps([
-        {"tripleset": [["Aa", "CITY_SERVED", "Bb"], ["Aa", "eatType", "pub"]],
-         "annotations": [{"text": "one"}, {"text": ""}, {"text": "two"}]}]))
+    path = write(
+        tmp_path / "d.json",
+        json.dumps(
+            [
+                {
+                    "tripleset": [["Aa", "CITY_SERVED", "Bb"], ["Aa", "eatType", "pub"]],
+                    "annotations": [{"text": "one"}, {"text": ""}, {"text": "two"}],
+                }
+            ]
+        ),
+    )
     pairs = D.read_dart_json(path, empty_references="drop")
     assert [(p.context, p.completion) for p in pairs] == [
-        ("Aa : city_served : Bb | Aa : eattype : pub", "one"), ("Aa : city_served : Bb | Aa : eattype : pub", "two")]
+        ("Aa : city_served : Bb | Aa : eattype : pub", "one"),
+        ("Aa : city_served : Bb | Aa : eattype : pub", "two"),
+    ]
     assert pairs.dropped == [f"{path} entry 0 annotation 1"]
 
 
-@pytest.mark.parametrize("text,message", [
-    ('{"context": "a", "completion": "b"}\n{"context": "a", "completion": \n', r"f.jsonl:2: malformed JSON"),
-    ('{"context": "a"}\n', r"f.jsonl:1: missing field 'completion'"),
-    ('{"context": "a", "completion": ""}\n', r"f.jsonl:1: empty completion"),
-    ('["a", "b"]\n', r"f.jsonl:1: expected a JSON object, got list"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('{"context": "a", "completion": "b"}\n{"context": "a", "completion": \n', r"f.jsonl:2: malformed JSON"),
+        ('{"context": "a"}\n', r"f.jsonl:1: missing field 'completion'"),
+        ('{"context": "a", "completion": ""}\n', r"f.jsonl:1: empty completion"),
+        ('["a", "b"]\n', r"f.jsonl:1: expected a JSON object, got list"),
+    ],
+)
 def test_formatted_jsonl_errors(tmp_path, text, message):
     with pytest.raises(FormatError, match=message):
         files.read_formatted(write(tmp_path / "f.jsonl", text))
@@ -495,6 +626,7 @@ def test_formatted_jsonl_errors(tmp_path, text, message):
 
 # ----------------------------------------------------------------------------------------------
 # Sources: mirror, download, sha256; up to date; atomic outputs (tiny mirror)
+
 
 def sha256(text):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -517,16 +649,29 @@ def tiny(tmp_path, mirror):
     sources_path.write_text(json.dumps(sources))
 
     def run(*extra):
-        return prepare.main(["--datasets", "e2e", "--mirror", str(root), "--data_dir", str(tmp_path / "data"),
-                             "--sources", str(sources_path), *extra])
+        return prepare.main(
+            [
+                "--datasets",
+                "e2e",
+                "--mirror",
+                str(root),
+                "--data_dir",
+                str(tmp_path / "data"),
+                "--sources",
+                str(sources_path),
+                *extra,
+            ]
+        )
 
     return dict(root=root, sources=sources, sources_path=sources_path, out=tmp_path / "data" / "e2e", run=run)
 
 
 def test_sources_json_lists_official_urls_and_shas():
     sources = load_sources()
-    assert sources["gpt2-vocab/encoder.json"]["sha256"] == \
-        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+    assert (
+        sources["gpt2-vocab/encoder.json"]["sha256"]
+        == "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+    )
     assert sources["e2e/trainset.csv"]["url"].startswith("https://raw.githubusercontent.com/tuetschek/e2e-dataset/")
     assert len([k for k in sources if k.startswith("webnlg_challenge_2017/train/")]) == 52
     assert len([k for k in sources if k.startswith("webnlg_challenge_2017/dev/")]) == 52
@@ -598,7 +743,10 @@ def test_git_blob_prefix_check(tmp_path):
     data = b"hello\n"
     write(tmp_path / "m" / "x.json", data.decode())
     blob = hashlib.sha1(b"blob 6\0" + data).hexdigest()
-    assert fetch("x.json", {"url": "u", "git_blob_prefix": blob[:8]}, tmp_path / "m")[1] == hashlib.sha256(data).hexdigest()
+    assert (
+        fetch("x.json", {"url": "u", "git_blob_prefix": blob[:8]}, tmp_path / "m")[1]
+        == hashlib.sha256(data).hexdigest()
+    )
     with pytest.raises(SourceError, match="git blob id"):
         fetch("x.json", {"url": "u", "git_blob_prefix": "00000000"}, tmp_path / "m")
 
@@ -613,7 +761,13 @@ def test_failure_leaves_no_half_file(tiny, capsys):
     assert tiny["run"]("--no_download") == 1
     assert "e2e/testset_w_refs.csv:4: empty reference (ref)" in capsys.readouterr().err
     names = sorted(p.name for p in tiny["out"].iterdir())
-    assert names == ["train.jsonl", "train_formatted.jsonl", "valid.jsonl", "valid_formatted.jsonl", "valid_unique.jsonl"]
+    assert names == [
+        "train.jsonl",
+        "train_formatted.jsonl",
+        "valid.jsonl",
+        "valid_formatted.jsonl",
+        "valid_unique.jsonl",
+    ]
 
 
 def test_write_jsonl_is_atomic(tmp_path):
@@ -632,8 +786,18 @@ def test_write_jsonl_is_atomic(tmp_path):
 
 def test_create_datasets_sh(tiny, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    cmd = ["bash", str(REPO / "scripts" / "create_datasets.sh"), "e2e", "--mirror", str(tiny["root"]),
-           "--data_dir", str(tmp_path / "sh"), "--sources", str(tiny["sources_path"]), "--no_download"]
+    cmd = [
+        "bash",
+        str(REPO / "scripts" / "create_datasets.sh"),
+        "e2e",
+        "--mirror",
+        str(tiny["root"]),
+        "--data_dir",
+        str(tmp_path / "sh"),
+        "--sources",
+        str(tiny["sources_path"]),
+        "--no_download",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "e2e valid: 2 pairs, 2 inputs" in run.stdout

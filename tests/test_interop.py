@@ -11,6 +11,7 @@
 Logit comparisons run in float64 (as ``test_lora.py``): the algebra then agrees to ~1e-12 and the
 tolerance of 1e-9 is strict, while every test checks that LoRA moves the logits by far more.
 """
+
 import copy
 import json
 
@@ -21,16 +22,14 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-from lora_nlg.weights.adapter import read_adapter, update_norms
+import lora_export
 from lora_nlg.beam import BeamSettings, beam_search
-from lora_nlg.weights.tensors import CheckpointError
-from lora_nlg.weights.adapter import load_lora, save_lora
+from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict
+from lora_nlg.weights.adapter import load_lora, read_adapter, save_lora, update_norms
 from lora_nlg.weights.backbone import load_pretrained
 from lora_nlg.weights.merged import model_with_adapter
-from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict
 from lora_nlg.weights.peft import NotRepresentable, export_peft, import_peft
-
-import lora_export
+from lora_nlg.weights.tensors import CheckpointError
 
 STRICT = 1e-9  # float64
 EFFECT = 1e-2  # LoRA must move the logits by at least this, or a test could not fail
@@ -71,8 +70,9 @@ EXPORT_CASES = {
     "qv rsLoRA": LoRAConfig(r=4, alpha=32, targets=("q", "v"), scaling_rule="alpha/sqrt(r)"),
     "qkv + mlp (rank_pattern)": LoRAConfig(r=2, alpha=8, targets=("q", "k", "v", "mlp.c_fc", "mlp.c_proj")),
     "k only + attn.c_proj": LoRAConfig(r=3, alpha=5, targets=("k", "attn.c_proj")),
-    "qv + c_fc rsLoRA, bias": LoRAConfig(r=4, alpha=16, targets=("q", "v", "mlp.c_fc"),
-                                         scaling_rule="alpha/sqrt(r)", bias="lora_only"),
+    "qv + c_fc rsLoRA, bias": LoRAConfig(
+        r=4, alpha=16, targets=("q", "v", "mlp.c_fc"), scaling_rule="alpha/sqrt(r)", bias="lora_only"
+    ),
 }
 
 
@@ -139,9 +139,15 @@ def _peft_native(hf_tiny_dir, folder, seed, **config):
 PEFT_CASES = {
     "c_attn + c_proj + c_fc": dict(r=4, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"]),
     "rsLoRA, rank/alpha patterns, two layers": dict(
-        r=4, lora_alpha=8, use_rslora=True, target_modules=["c_attn", "mlp.c_proj"],
-        rank_pattern={"mlp.c_proj": 2, "h.1.attn.c_attn": 6}, alpha_pattern={"attn.c_attn": 20},
-        layers_to_transform=[1, 3], layers_pattern="h"),
+        r=4,
+        lora_alpha=8,
+        use_rslora=True,
+        target_modules=["c_attn", "mlp.c_proj"],
+        rank_pattern={"mlp.c_proj": 2, "h.1.attn.c_attn": 6},
+        alpha_pattern={"attn.c_attn": 20},
+        layers_to_transform=[1, 3],
+        layers_pattern="h",
+    ),
     "bias all": dict(r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"], bias="all"),
 }
 
@@ -199,18 +205,39 @@ def test_seed_checkpoint_decodes_like_our_model(hf_tiny_dir, tmp_path):
     tensors = {k: v.clone() for k, v in lora_state_dict(reference).items()}
     backbone = {k: v for k, v in load_pretrained(hf_tiny_dir).state_dict().items()}
     _seed_file(tmp_path / "gpt2_tiny_lora.pt", tensors, backbone)
-    assert lora_export.main(["import", "seed", str(tmp_path / "gpt2_tiny_lora.pt"), str(tmp_path / "s.safetensors"),
-                             "--lora_dim", "4", "--lora_alpha", "32", "--model_card", "gpt2.tiny"]) == 0
+    assert (
+        lora_export.main(
+            [
+                "import",
+                "seed",
+                str(tmp_path / "gpt2_tiny_lora.pt"),
+                str(tmp_path / "s.safetensors"),
+                "--lora_dim",
+                "4",
+                "--lora_alpha",
+                "32",
+                "--model_card",
+                "gpt2.tiny",
+            ]
+        )
+        == 0
+    )
     _, metadata, imported_cfg, _ = read_adapter(tmp_path / "s.safetensors")
-    assert (imported_cfg.r, imported_cfg.alpha, imported_cfg.scaling, tuple(imported_cfg.targets)) == (4, 32, 8, ("q", "v"))
+    assert (imported_cfg.r, imported_cfg.alpha, imported_cfg.scaling, tuple(imported_cfg.targets)) == (
+        4,
+        32,
+        8,
+        ("q", "v"),
+    )
     assert metadata["imported_from"]["format"] == "seed"
     imported = model_with_adapter(tmp_path / "s.safetensors", str(hf_tiny_dir))
 
     # The seed's own layer (loralib.MergedLinear, fan_in_fan_out as in its model.py) with the
     # file's tensors computes what our c_attn computes.
     ours_c_attn = copy.deepcopy(imported.transformer.h[0].attn.c_attn).double()
-    seed_layer = loralib.MergedLinear(128, 384, r=4, lora_alpha=32, enable_lora=[True, False, True],
-                                      fan_in_fan_out=True, merge_weights=False).double()
+    seed_layer = loralib.MergedLinear(
+        128, 384, r=4, lora_alpha=32, enable_lora=[True, False, True], fan_in_fan_out=True, merge_weights=False
+    ).double()
     with torch.no_grad():
         seed_layer.weight.copy_(ours_c_attn.base_layer.weight.t())
         seed_layer.bias.copy_(ours_c_attn.base_layer.bias)
@@ -221,8 +248,9 @@ def test_seed_checkpoint_decodes_like_our_model(hf_tiny_dir, tmp_path):
         assert max_diff(ours_c_attn(x), ours_c_attn.base_layer(x)) > EFFECT
 
     prompts = [[5, 17, 42, 8, 99], [3, 3, 71], [60, 12, 7, 7, 30, 2, 88]]
-    settings = BeamSettings(beam=3, eval_len=10, length_penalty=0.9, no_repeat_ngram_size=3,
-                            stop_ids=(0,), batch_size=3)
+    settings = BeamSettings(
+        beam=3, eval_len=10, length_penalty=0.9, no_repeat_ngram_size=3, stop_ids=(0,), batch_size=3
+    )
     with torch.no_grad():
         got = beam_search(imported, prompts, settings)
         want = beam_search(reference.eval(), prompts, settings)
@@ -244,6 +272,7 @@ def test_imported_seed_checkpoint_decodes_with_gpt2_beam(hf_tiny_dir, tmp_path):
     save_lora(tmp_path / "ours.safetensors", reference, {"init_checkpoint": str(hf_tiny_dir)})
     _seed_file(tmp_path / "seed.pt", lora_state_dict(reference), {})
     from lora_nlg.weights.upstream import import_upstream
+
     import_upstream(tmp_path / "seed.pt", tmp_path / "imported.safetensors", 4, 32, "gpt2.tiny")
     inputs = [[5, 17, 42, 8, 99], [3, 3, 71], [60, 12, 7, 7, 30, 2, 88]]
     with open(tmp_path / "test_unique.jsonl", "w") as f:
@@ -251,10 +280,32 @@ def test_imported_seed_checkpoint_decodes_with_gpt2_beam(hf_tiny_dir, tmp_path):
             f.write(json.dumps({"id": i, "context": "x", "context_ids": ids, "references": ["y"]}) + "\n")
 
     def decode(name, *flags):
-        assert gpt2_beam.main(["--data", str(tmp_path / "test_unique.jsonl"), "--pretrained_checkpoint",
-                               str(hf_tiny_dir), "--beam", "3", "--eval_len", "10", "--seq_len", "32",
-                               "--length_penalty", "0.9", "--no_repeat_ngram_size", "3",
-                               "--work_dir", str(tmp_path), "--output_file", name, *flags]) == 0
+        assert (
+            gpt2_beam.main(
+                [
+                    "--data",
+                    str(tmp_path / "test_unique.jsonl"),
+                    "--pretrained_checkpoint",
+                    str(hf_tiny_dir),
+                    "--beam",
+                    "3",
+                    "--eval_len",
+                    "10",
+                    "--seq_len",
+                    "32",
+                    "--length_penalty",
+                    "0.9",
+                    "--no_repeat_ngram_size",
+                    "3",
+                    "--work_dir",
+                    str(tmp_path),
+                    "--output_file",
+                    name,
+                    *flags,
+                ]
+            )
+            == 0
+        )
         return [json.loads(line)["token_ids"] for line in open(tmp_path / name)]
 
     ours = decode("ours.jsonl", "--init_checkpoint", str(tmp_path / "ours.safetensors"))
@@ -270,10 +321,21 @@ def test_seed_import_checks_rank_and_needs_alpha(hf_tiny_dir, tmp_path):
     _seed_file(tmp_path / "seed.pt", lora_state_dict(model), {})
     with pytest.raises(CheckpointError, match="rank r=4.*not --lora_dim 2"):
         from lora_nlg.weights.upstream import import_upstream
+
         import_upstream(tmp_path / "seed.pt", tmp_path / "x.safetensors", 2, 32, "gpt2.tiny")
     with pytest.raises(SystemExit):  # --lora_alpha has no default: the seed never stored it
-        lora_export.main(["import", "seed", str(tmp_path / "seed.pt"), str(tmp_path / "x.safetensors"),
-                          "--lora_dim", "4", "--model_card", "gpt2.tiny"])
+        lora_export.main(
+            [
+                "import",
+                "seed",
+                str(tmp_path / "seed.pt"),
+                str(tmp_path / "x.safetensors"),
+                "--lora_dim",
+                "4",
+                "--model_card",
+                "gpt2.tiny",
+            ]
+        )
 
 
 def test_unrepresentable_scales_fail_clearly(hf_tiny_dir, tmp_path, capsys):

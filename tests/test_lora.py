@@ -6,6 +6,7 @@ would force a tolerance loose enough to hide real mistakes. In float64 the same 
 ~1e-12, so the 1e-5 tolerances below are strict, while a wrong slice, scaling or layout moves the
 logits by more than 1e-2 (each test checks that the LoRA update is that large).
 """
+
 import copy
 import math
 
@@ -15,11 +16,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lora_nlg.lora import (
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    count_trainable,
+    lora_modules,
+    lora_state_dict,
+    mark_only_lora_as_trainable,
+    merge_lora,
+    unmerge_lora,
+)
+from lora_nlg.model import GPT2Config, GPT2LMModel
 from lora_nlg.weights.adapter import apply_lora_weights, load_lora
 from lora_nlg.weights.backbone import load_pretrained
 from lora_nlg.weights.upstream import lora_config_from_tensors
-from lora_nlg.lora import (LoRAConfig, LoRALinear, apply_lora, count_trainable, lora_modules, lora_state_dict, mark_only_lora_as_trainable, merge_lora, unmerge_lora)
-from lora_nlg.model import GPT2Config, GPT2LMModel
 
 
 def max_diff(a, b) -> float:
@@ -54,11 +65,19 @@ def loralib_model(base, lora_model, cfg):
             old = getattr(parent, name)
             out_f, in_f = old.weight.shape
             if path == "attn.c_attn":
-                new = loralib.MergedLinear(in_f, out_f, r=cfg.r, lora_alpha=cfg.alpha, enable_lora=enable,
-                                           fan_in_fan_out=True, merge_weights=False)
+                new = loralib.MergedLinear(
+                    in_f,
+                    out_f,
+                    r=cfg.r,
+                    lora_alpha=cfg.alpha,
+                    enable_lora=enable,
+                    fan_in_fan_out=True,
+                    merge_weights=False,
+                )
             else:
-                new = loralib.Linear(in_f, out_f, r=cfg.r, lora_alpha=cfg.alpha, fan_in_fan_out=True,
-                                     merge_weights=False)
+                new = loralib.Linear(
+                    in_f, out_f, r=cfg.r, lora_alpha=cfg.alpha, fan_in_fan_out=True, merge_weights=False
+                )
             new = new.to(old.weight.dtype)
             src = ours[f"transformer.h.{i}.{path}"]
             with torch.no_grad():
@@ -73,7 +92,9 @@ def loralib_model(base, lora_model, cfg):
 def test_zero_B_is_exactly_the_base_model(tiny_model, token_ids):
     with torch.no_grad():
         base = tiny_model(token_ids)
-        apply_lora(tiny_model, LoRAConfig(r=4, alpha=32, targets=("q", "k", "v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")))
+        apply_lora(
+            tiny_model, LoRAConfig(r=4, alpha=32, targets=("q", "k", "v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+        )
         assert all(m.lora_A.abs().sum() > 0 and m.lora_B.abs().sum() == 0 for _, m in lora_modules(tiny_model))
         assert torch.equal(tiny_model(token_ids), base)
 
@@ -125,7 +146,9 @@ def test_merge_float32_layer():
         assert max_diff(layer.base_layer.weight, w) < 1e-6
 
 
-@pytest.mark.parametrize("targets", [("q", "v"), ("k",), ("q", "k", "v"), ("mlp.c_fc",), ("v", "attn.c_proj", "mlp.c_proj")])
+@pytest.mark.parametrize(
+    "targets", [("q", "v"), ("k",), ("q", "k", "v"), ("mlp.c_fc",), ("v", "attn.c_proj", "mlp.c_proj")]
+)
 def test_same_output_as_loralib(tiny64, token_ids, targets):
     """loralib.MergedLinear(enable_lora=..., fan_in_fan_out=True) on c_attn (the seed's layer) and
     loralib.Linear on plain layers, with the same A and B, compute the same model."""
@@ -139,9 +162,12 @@ def test_same_output_as_loralib(tiny64, token_ids, targets):
         delta_ref = ref(token_ids) - base(token_ids)
         assert delta_ref.abs().max() > 1e-2  # the update matters, so a wrong one would show
         assert max_diff(tiny_model(token_ids), ref(token_ids)) < 1e-5
-        for (name, ours), theirs in zip(lora_modules(tiny_model), [m for m in ref.modules() if isinstance(m, loralib.LoRALayer)]):
-            their_delta = (theirs.merge_AB() if isinstance(theirs, loralib.MergedLinear)
-                           else theirs.lora_B @ theirs.lora_A) * theirs.scaling
+        for (name, ours), theirs in zip(
+            lora_modules(tiny_model), [m for m in ref.modules() if isinstance(m, loralib.LoRALayer)]
+        ):
+            their_delta = (
+                theirs.merge_AB() if isinstance(theirs, loralib.MergedLinear) else theirs.lora_B @ theirs.lora_A
+            ) * theirs.scaling
             if isinstance(theirs, loralib.MergedLinear):
                 their_delta = their_delta.t()  # merge_AB returns the (in, out) layout
             assert max_diff(ours.delta_weight(), their_delta) < 1e-6, name

@@ -4,6 +4,7 @@ readers, protocols, the command line's errors, and the report without Java.
 Every number is compared with a reference: the official WebNLG 2017 multi-bleu output, the
 official E2E scores, sacrebleu, pyter3, pycocoevalcap, nltk, or a straightforward port.
 """
+
 import collections
 import json
 import math
@@ -48,9 +49,10 @@ def geneval():
 
 # --- BLEU ---------------------------------------------------------------------------------
 
+
 def _bleu3ref_cases():
     folder = os.path.join(WEBNLG_EVAL, "bleu3ref")
-    return sorted(f[len("bleu3ref-"):-len(".txt")] for f in os.listdir(folder))
+    return sorted(f[len("bleu3ref-") : -len(".txt")] for f in os.listdir(folder))
 
 
 @pytest.mark.parametrize("name", _bleu3ref_cases())
@@ -60,8 +62,9 @@ def test_webnlg2017_official_bleu_of_every_team(name):
     with open(os.path.join(WEBNLG_EVAL, "bleu3ref", f"bleu3ref-{name}.txt")) as f:
         official = f.readline().strip()
     hyps = references._lines(os.path.join(WEBNLG_EVAL, "teams", f"{name}.txt"))
-    cols = [references._lines(os.path.join(WEBNLG_EVAL, "references", f"gold-{subset}-reference{k}.lex"))
-            for k in range(3)]
+    cols = [
+        references._lines(os.path.join(WEBNLG_EVAL, "references", f"gold-{subset}-reference{k}.lex")) for k in range(3)
+    ]
     refs = [[col[i] for col in cols] for i in range(len(hyps))]
     assert bleu.bleu_stats(hyps, refs, "multi-bleu-lc").multibleu_line() == official
 
@@ -71,8 +74,10 @@ def test_webnlg2017_adapt_numbers():
     got = []
     for subset in ("all", "old", "new"):
         hyps = references._lines(os.path.join(WEBNLG_EVAL, "teams", f"ADAPT_Centre_{subset}-cat.txt"))
-        cols = [references._lines(os.path.join(WEBNLG_EVAL, "references", f"gold-{subset}-cat-reference{k}.lex"))
-                for k in range(3)]
+        cols = [
+            references._lines(os.path.join(WEBNLG_EVAL, "references", f"gold-{subset}-cat-reference{k}.lex"))
+            for k in range(3)
+        ]
         got.append("%.2f" % bleu.bleu(hyps, [[c[i] for c in cols] for i in range(len(hyps))], "multi-bleu-lc"))
     assert got == ["31.06", "60.59", "10.53"]
 
@@ -86,11 +91,16 @@ def test_e2e_bleu_and_nist_official_tgen(tgen):
 def test_bleu_equals_sacrebleu(tgen, geneval):
     """The counting here equals sacrebleu's BLEU with the settings METRICS.md names."""
     import sacrebleu
+
     hyps, refs = tgen
     width = max(map(len, refs))
     lower = [[rs[k].lower() if k < len(rs) else None for rs in refs] for k in range(width)]
-    expected = sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a", smooth_method="none").corpus_score(
-        [h.lower() for h in hyps], lower).score / 100
+    expected = (
+        sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a", smooth_method="none")
+        .corpus_score([h.lower() for h in hyps], lower)
+        .score
+        / 100
+    )
     assert bleu.bleu(hyps, refs, "mteval") == pytest.approx(expected, abs=1e-12)
     hyps, refs = geneval  # empty references count as length-0 references (multi-bleu-detok)
     streams = [[rs[k] for rs in refs] for k in range(4)]
@@ -115,22 +125,23 @@ def test_bleu_edge_cases():
 
 # --- NIST ---------------------------------------------------------------------------------
 
+
 def _pymteval_tokenize(sent):
     """e2e-metrics metrics/pymteval.py NGramScore.tokenize, line by line."""
-    sent = re.sub(r'<skipped>', r'', sent)
-    sent = re.sub(r'-\n', r'', sent)
-    sent = re.sub(r'\n', r' ', sent)
-    sent = re.sub(r'&quot;', r'"', sent)
-    sent = re.sub(r'&amp;', r'&', sent)
-    sent = re.sub(r'&lt;', r'<', sent)
-    sent = re.sub(r'&gt;', r'>', sent)
+    sent = re.sub(r"<skipped>", r"", sent)
+    sent = re.sub(r"-\n", r"", sent)
+    sent = re.sub(r"\n", r" ", sent)
+    sent = re.sub(r"&quot;", r'"', sent)
+    sent = re.sub(r"&amp;", r"&", sent)
+    sent = re.sub(r"&lt;", r"<", sent)
+    sent = re.sub(r"&gt;", r">", sent)
     sent = " " + sent + " "
-    sent = re.sub(r'([\{-\~\[-\` -\&\(-\+\:-\@\/])', r' \1 ', sent)
-    sent = re.sub(r'([^0-9])([\.,])', r'\1 \2 ', sent)
-    sent = re.sub(r'([\.,])([^0-9])', r' \1 \2', sent)
-    sent = re.sub(r'([0-9])(-)', r'\1 \2 ', sent)
-    sent = re.sub(r'\s+', r' ', sent)
-    return sent.strip().split(' ')
+    sent = re.sub(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])", r" \1 ", sent)
+    sent = re.sub(r"([^0-9])([\.,])", r"\1 \2 ", sent)
+    sent = re.sub(r"([\.,])([^0-9])", r" \1 \2", sent)
+    sent = re.sub(r"([0-9])(-)", r"\1 \2 ", sent)
+    sent = re.sub(r"\s+", r" ", sent)
+    return sent.strip().split(" ")
 
 
 def _pymteval_counts(n, sents):
@@ -165,8 +176,9 @@ def _pymteval_nist(hyps, refs):
     def info(g):
         return math.log(ref_ngrams[len(g) - 1][g[:-1]] / float(ref_ngrams[len(g)][g]), 2)
 
-    score = sum(sum(info(g) * k for hits in hit_ngrams[n] for g, k in hits.items()) / sum(cand_lens[n])
-                for n in range(5))
+    score = sum(
+        sum(info(g) * k for hits in hit_ngrams[n] for g, k in hits.items()) / sum(cand_lens[n]) for n in range(5)
+    )
     ratio = sum(cand_lens[0]) / avg_ref_len
     beta = -math.log(0.5) / math.log(1.5) ** 2
     return score * (1 if ratio >= 1 else math.exp(-beta * math.log(ratio) ** 2))
@@ -194,8 +206,14 @@ def _pymteval_bleu(hyps, refs):
 # empty reference, `£`, `é` and `É` (Python lowercases it, Perl does not), `&amp;`.
 PYMTEVAL_EDGE = (
     ["", "Café", "the Café Rouge", "Ébène is near £20 &amp; up.", "It is a pub in the city centre."],
-    [["Café Rouge is cheap.", "A café."], ["café"], ["The café Rouge is here.", ""],
-     ["ébène is near £20 & up ."], ["It is a pub.", "It is a pub in the city centre near the river."]])
+    [
+        ["Café Rouge is cheap.", "A café."],
+        ["café"],
+        ["The café Rouge is here.", ""],
+        ["ébène is near £20 & up ."],
+        ["It is a pub.", "It is a pub in the city centre near the river."],
+    ],
+)
 
 
 @pytest.mark.parametrize("case", ["adapt", "edge"])
@@ -241,9 +259,11 @@ def test_nist_edge_cases():
 
 # --- TER ----------------------------------------------------------------------------------
 
+
 def _pyter_segment(hyp, refs):
     """GenerationEval ter_score's inner loop, with pyter3."""
     import pyter
+
     scores = []
     for r in refs:
         if len(r) == 0:
@@ -258,6 +278,7 @@ def _pyter_segment(hyp, refs):
 
 def test_ter_equals_pyter3_random():
     import pyter
+
     rng = random.Random(0)
     vocab = "a b c d the , . of".split()
     for _ in range(800):
@@ -280,9 +301,9 @@ def test_ter_equals_pyter3_on_samples(geneval):
 
 
 def test_ter_edge_cases():
-    assert ter.segment_ter("", ["a b"]) == 1.0          # empty hypothesis: all deletions
-    assert ter.segment_ter("a b", ["", "a b"]) == 0.0   # empty reference scores 1 (GenerationEval)
-    assert ter.segment_ter("a b", ["  "]) == 1           # blank reference: pyter raises, scores 1
+    assert ter.segment_ter("", ["a b"]) == 1.0  # empty hypothesis: all deletions
+    assert ter.segment_ter("a b", ["", "a b"]) == 0.0  # empty reference scores 1 (GenerationEval)
+    assert ter.segment_ter("a b", ["  "]) == 1  # blank reference: pyter raises, scores 1
     assert ter.corpus_ter(["café £20", "x"], [["café £20"], ["y"]]) == 0.5
     with pytest.raises(ZeroDivisionError):
         ter.ter(["a"], [])
@@ -290,8 +311,10 @@ def test_ter_edge_cases():
 
 # --- ROUGE_L and CIDEr arithmetic (tokens given; the PTB tokenizer is tested with Java) ----
 
+
 def test_lcs_equals_pycocoevalcap():
     from pycocoevalcap.rouge.rouge import my_lcs
+
     rng = random.Random(1)
     for _ in range(2000):
         a = [rng.choice("abcde") for _ in range(rng.randint(0, 25))]
@@ -308,6 +331,7 @@ def _lower_split_pairs(tgen):
 def test_rouge_and_cider_equal_pycocoevalcap(tgen):
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
+
     hyps, refs = _lower_split_pairs(tgen)
     hyps[3] = ""  # an empty hypothesis
     refs[5] = refs[5][:1]  # a single reference
@@ -319,6 +343,7 @@ def test_rouge_and_cider_equal_pycocoevalcap(tgen):
 
 # --- word tokenization (GenerationEval's nltk.word_tokenize) ------------------------------
 
+
 def _sample_texts(geneval):
     hyps, refs = geneval
     return hyps + [r for rs in refs for r in rs]
@@ -328,6 +353,7 @@ def test_tokenizer_without_punkt_is_exact_when_splitting_cannot_matter(geneval):
     """For every text the Punkt model is not needed for, tokenizing each piece between candidate
     sentence boundaries (any subset of them) gives the tokens of the whole text."""
     from nltk.tokenize.destructive import NLTKWordTokenizer
+
     tb = NLTKWordTokenizer()
     rng = random.Random(2)
     texts = [t for t in _sample_texts(geneval) if t] + [protocol.microsoft_tokenize(t) for t in _sample_texts(geneval)]
@@ -350,8 +376,10 @@ def test_paper_protocol_text_never_needs_punkt(geneval):
 
 def test_word_tokenize_equals_nltk(geneval, punkt_model, monkeypatch):
     import nltk
-    monkeypatch.setattr(nltk.data, "path", [os.path.dirname(os.path.dirname(os.path.dirname(punkt_model)))]
-                        + list(nltk.data.path))
+
+    monkeypatch.setattr(
+        nltk.data, "path", [os.path.dirname(os.path.dirname(os.path.dirname(punkt_model)))] + list(nltk.data.path)
+    )
     nltk.tokenize._get_punkt_tokenizer.cache_clear()
     texts = _sample_texts(geneval)
     needed = [t for t in texts if wt.needs_sentence_splitter(t)]
@@ -361,6 +389,7 @@ def test_word_tokenize_equals_nltk(geneval, punkt_model, monkeypatch):
 
 
 # --- readers ------------------------------------------------------------------------------
+
 
 def _write(path, text):
     path.write_text(text, encoding="utf-8")
@@ -392,12 +421,15 @@ def test_read_predictions_text_trailing_newline(tmp_path):
     assert references.read_predictions(_write(tmp_path / "q.txt", "a\r\n\nb"))[0] == [(0, "a"), (1, ""), (2, "b")]
 
 
-@pytest.mark.parametrize("content,message", [
-    ('{"id": 0, "text": "a"}\nnot json\n', r"p\.jsonl:2: malformed JSON"),
-    ('{"id": 0}\n', r":1: field 'text' is missing"),
-    ('{"id": "0", "text": "a"}\n', r":1: field 'id' must be an integer, got str"),
-    ('{"id": 0, "text": "a"}\n{"id": 0, "text": "b"}\n', r":2: id 0 already on line 1"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"id": 0, "text": "a"}\nnot json\n', r"p\.jsonl:2: malformed JSON"),
+        ('{"id": 0}\n', r":1: field 'text' is missing"),
+        ('{"id": "0", "text": "a"}\n', r":1: field 'id' must be an integer, got str"),
+        ('{"id": 0, "text": "a"}\n{"id": 0, "text": "b"}\n', r":2: id 0 already on line 1"),
+    ],
+)
 def test_bad_prediction_files(tmp_path, content, message):
     with pytest.raises(references.FormatError, match=message):
         references.read_predictions(_write(tmp_path / "p.jsonl", content))
@@ -408,8 +440,11 @@ def _refs_jsonl(tmp_path, rows):
 
 
 def test_pairing_names_missing_and_extra(tmp_path):
-    refs = references.read_references(_refs_jsonl(tmp_path, [
-        {"id": i, "context": f"c{i}", "context_ids": [], "references": [f"r{i}"]} for i in range(4)]))
+    refs = references.read_references(
+        _refs_jsonl(
+            tmp_path, [{"id": i, "context": f"c{i}", "context_ids": [], "references": [f"r{i}"]} for i in range(4)]
+        )
+    )
     preds = [(0, "a"), (1, "b"), (7, "c")]
     with pytest.raises(references.FormatError, match=r"no output for 2 id\(s\).*2, 3; 1 output id\(s\) not in .*: 7"):
         references.pair(preds, "id", refs, "p.jsonl", "test_unique.jsonl")
@@ -421,7 +456,7 @@ def test_pairing_names_missing_and_extra(tmp_path):
 
 def test_tsv_outputs_pair_by_mr(tmp_path):
     refs = references.read_references(E2E_REFS)
-    tsv = _write(tmp_path / "out.tsv", "MR\toutput\n\"%s\"\thello\n" % refs[3].mr)
+    tsv = _write(tmp_path / "out.tsv", 'MR\toutput\n"%s"\thello\n' % refs[3].mr)
     preds, keyed = references.read_predictions(tsv)
     with pytest.raises(references.FormatError, match="no output for 629 mr"):
         references.pair(preds, keyed, refs)
@@ -435,27 +470,48 @@ def _reference_folder(tmp_path, files):
     return str(folder)
 
 
-@pytest.mark.parametrize("files,message", [
-    ({"reference0": "a\nb\n", "reference1": "c\nd\ne\n"}, r"reference1: 3 lines, .*reference0 has 2"),
-    ({"reference0": "a\n", "reference2": "b\n"}, r"numbered 0\.\.1, found \[0, 2\]"),
-    ({"reference0": "a\n\nc\n", "reference1": "a2\n  \nc2\n"}, r"input on line 2 has no reference in any file"),
-    ({"notes.txt": "a\n"}, r"expected one set of files .*found none"),
-    ({"x-reference0.lex": "a\n", "y-reference0.lex": "a\n"}, r"found \['x-reference\*\.lex', 'y-reference\*\.lex'\]"),
-])
+@pytest.mark.parametrize(
+    "files,message",
+    [
+        ({"reference0": "a\nb\n", "reference1": "c\nd\ne\n"}, r"reference1: 3 lines, .*reference0 has 2"),
+        ({"reference0": "a\n", "reference2": "b\n"}, r"numbered 0\.\.1, found \[0, 2\]"),
+        ({"reference0": "a\n\nc\n", "reference1": "a2\n  \nc2\n"}, r"input on line 2 has no reference in any file"),
+        ({"notes.txt": "a\n"}, r"expected one set of files .*found none"),
+        (
+            {"x-reference0.lex": "a\n", "y-reference0.lex": "a\n"},
+            r"found \['x-reference\*\.lex', 'y-reference\*\.lex'\]",
+        ),
+    ],
+)
 def test_bad_reference_folders(tmp_path, files, message):
     with pytest.raises(references.FormatError, match=message):
         references.read_references(_reference_folder(tmp_path, files))
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("refs.csv", "mr,text\nx,y\n", r"refs\.csv:1: expected one ref column in the header, got \['mr', 'text'\]"),
-    ("refs.csv", "mr,ref\nx,y\nz\n", r"refs\.csv:3: 1 fields, the header has 2"),
-    ("test_unique.jsonl", '{"id": 0, "refs": ["a"]}\n', r":1: missing field 'references'"),
-    ("test_unique.jsonl", '{"id": 0, "references": ["a", 3]}\n', r":1: field 'references' must be a non-empty list of strings"),
-    ("test_unique.jsonl", '{"id": 0, "references": ["a"], "seen": "yes"}\n', r":1: field 'seen' must be true or false"),
-    ("test_unique.jsonl", '{"id": 0, "references": ["a"]}\n{"id": 0, "references": ["b"]}\n', r":2: id 0 already on line 1"),
-    ("refs.txt", "\n\n", r"refs\.txt: no references"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("refs.csv", "mr,text\nx,y\n", r"refs\.csv:1: expected one ref column in the header, got \['mr', 'text'\]"),
+        ("refs.csv", "mr,ref\nx,y\nz\n", r"refs\.csv:3: 1 fields, the header has 2"),
+        ("test_unique.jsonl", '{"id": 0, "refs": ["a"]}\n', r":1: missing field 'references'"),
+        (
+            "test_unique.jsonl",
+            '{"id": 0, "references": ["a", 3]}\n',
+            r":1: field 'references' must be a non-empty list of strings",
+        ),
+        (
+            "test_unique.jsonl",
+            '{"id": 0, "references": ["a"], "seen": "yes"}\n',
+            r":1: field 'seen' must be true or false",
+        ),
+        (
+            "test_unique.jsonl",
+            '{"id": 0, "references": ["a"]}\n{"id": 0, "references": ["b"]}\n',
+            r":2: id 0 already on line 1",
+        ),
+        ("refs.txt", "\n\n", r"refs\.txt: no references"),
+    ],
+)
 def test_bad_reference_files(tmp_path, name, content, message):
     with pytest.raises(references.FormatError, match=message):
         references.read_references(_write(tmp_path / name, content))
@@ -463,7 +519,7 @@ def test_bad_reference_files(tmp_path, name, content, message):
 
 def test_bad_prediction_inputs_name_the_problem(tmp_path):
     refs = references.read_references(E2E_REFS)
-    dup = _write(tmp_path / "dup.tsv", "mr\toutput\n\"%s\"\ta\n\"%s\"\tb\n" % (refs[0].mr, refs[0].mr))
+    dup = _write(tmp_path / "dup.tsv", 'mr\toutput\n"%s"\ta\n"%s"\tb\n' % (refs[0].mr, refs[0].mr))
     with pytest.raises(references.FormatError, match=r"dup\.tsv: MRs given more than once: 'name\[Blue Spice\]"):
         references.pair(*references.read_predictions(dup), refs, dup, "testset_w_refs.csv")
     rows = "".join('"%s"\tx\n' % r.mr for r in refs)
@@ -471,7 +527,9 @@ def test_bad_prediction_inputs_name_the_problem(tmp_path):
     with pytest.raises(references.FormatError, match=r"1 output mr\(s\) not in testset_w_refs\.csv: 'name\[Nowhere\]'"):
         references.pair(*references.read_predictions(extra), refs, extra, "testset_w_refs.csv")
     blocks = references.read_references(_write(tmp_path / "refs.txt", "a\n\nb\n"))
-    with pytest.raises(references.FormatError, match=r"extra\.tsv: outputs keyed by MR need references keyed by MR .*, not refs\.txt"):
+    with pytest.raises(
+        references.FormatError, match=r"extra\.tsv: outputs keyed by MR need references keyed by MR .*, not refs\.txt"
+    ):
         references.pair(*references.read_predictions(extra), blocks, extra, "refs.txt")
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\u00e9\n".encode("latin-1"))
@@ -483,10 +541,13 @@ def test_bad_prediction_inputs_name_the_problem(tmp_path):
 
 # --- protocols ----------------------------------------------------------------------------
 
+
 def test_paper_protocol_groups_by_context_and_keeps_six(tmp_path):
-    rows = [{"id": 0, "context": "same", "references": [f"R{k}." for k in range(4)], "seen": True},
-            {"id": 1, "context": "same", "references": ["R4.", "R5.", "R6!"], "seen": True},
-            {"id": 2, "context": "other", "references": ["Hello, World."], "seen": False}]
+    rows = [
+        {"id": 0, "context": "same", "references": [f"R{k}." for k in range(4)], "seen": True},
+        {"id": 1, "context": "same", "references": ["R4.", "R5.", "R6!"], "seen": True},
+        {"id": 2, "context": "other", "references": ["Hello, World."], "seen": False},
+    ]
     refs = references.read_references(_refs_jsonl(tmp_path, rows))
     pairs = list(zip(refs, ["First.", "Second one.", "Bye<|endoftext|>junk"]))
     paper = protocol.prepare(pairs, "webnlg", "paper")
@@ -500,6 +561,7 @@ def test_paper_protocol_groups_by_context_and_keeps_six(tmp_path):
 
 
 # --- command line -------------------------------------------------------------------------
+
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     refs = _refs_jsonl(tmp_path, [{"id": 0, "references": ["a"]}, {"id": 1, "references": ["b"]}])
@@ -521,8 +583,13 @@ def test_without_java_reports_only_what_needs_no_java(tmp_path, monkeypatch, cap
     monkeypatch.delenv("JAVA_HOME", raising=False)
     java.java_version.cache_clear()
     try:
-        refs = _refs_jsonl(tmp_path, [{"id": 0, "references": ["The Café costs £20.", "It is nice."]},
-                                      {"id": 1, "references": ["A single reference."]}])
+        refs = _refs_jsonl(
+            tmp_path,
+            [
+                {"id": 0, "references": ["The Café costs £20.", "It is nice."]},
+                {"id": 1, "references": ["A single reference."]},
+            ],
+        )
         preds = _write(tmp_path / "p.jsonl", '{"id": 1, "text": ""}\n{"id": 0, "text": "The café costs £20."}\n')
         out = str(tmp_path / "r.json")
         assert evaluate.main(["e2e", preds, refs, "--json", out]) == 0
@@ -532,8 +599,9 @@ def test_without_java_reports_only_what_needs_no_java(tmp_path, monkeypatch, cap
         assert set(report["scores"]["all"]) == {"BLEU", "NIST"}
         assert set(report["not_computed"]) == {"METEOR", "ROUGE_L", "CIDEr"}
         assert report["tools"]["java"] is None
-        assert report["scores"]["all"]["BLEU"] == bleu.bleu(["The café costs £20.", ""], [
-            ["The Café costs £20.", "It is nice."], ["A single reference."]], "mteval")
+        assert report["scores"]["all"]["BLEU"] == bleu.bleu(
+            ["The café costs £20.", ""], [["The Café costs £20.", "It is nice."], ["A single reference."]], "mteval"
+        )
         assert evaluate.main(["e2e", preds, refs, "--protocol", "paper", "--json", out]) == 0
         report = json.load(open(out))  # the scorer's -p: pymteval BLEU and NIST
         hyps, refs_ = ["The café costs £20.", ""], [["The Café costs £20.", "It is nice."], ["A single reference."]]
@@ -553,11 +621,17 @@ def test_paper_protocol_on_dart_test_merges_as_microsoft():
     """METRICS.md: microsoft/LoRA's pipeline scores 4,159 of DART test's 5,097 inputs and drops
     576 references (contexts 'subject : property : object | ...', property lowercased)."""
     import lzma
+
     with lzma.open(os.path.join(MIRROR, "dart", "dart-v1.1.1-full-test.json.xz"), "rt", encoding="utf-8") as f:
         entries = json.load(f)
-    refs = [references.Reference(id=i, references=[a["text"] for a in e["annotations"]],
-                                 context=" | ".join(f"{s} : {p.lower()} : {o}" for s, p, o in e["tripleset"]))
-            for i, e in enumerate(entries)]
+    refs = [
+        references.Reference(
+            id=i,
+            references=[a["text"] for a in e["annotations"]],
+            context=" | ".join(f"{s} : {p.lower()} : {o}" for s, p, o in e["tripleset"]),
+        )
+        for i, e in enumerate(entries)
+    ]
     stats = protocol.prepare([(r, "x") for r in refs], "dart", "paper").stats["all"]
     assert (stats["inputs"], stats["segments"], stats["references_dropped"]) == (5097, 4159, 576)
     assert protocol.prepare([(r, "x") for r in refs], "dart", "official").stats["all"]["segments"] == 5097

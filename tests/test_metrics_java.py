@@ -1,6 +1,7 @@
 """Metrics that need Java (METEOR 1.5, PTB tokenizer): parity with the official E2E numbers and
 with GenerationEval, the CLI end to end. Java is required here: a missing `java` fails these
 tests (with the reason), it does not skip them. JVM results are shared by module fixtures."""
+
 import json
 import os
 import re
@@ -8,11 +9,10 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
+from test_metrics import DART, E2E_OUT, E2E_REFS, GENEVAL, MIRROR, _pyter_segment, _split
 
 from lora_nlg.metrics import bleu, cider, evaluate, java, meteor, nist, protocol, ptb, references, rouge, ter
 from lora_nlg.metrics.word_tokenize import generationeval_tokenize
-
-from test_metrics import DART, E2E_OUT, E2E_REFS, GENEVAL, MIRROR, _pyter_segment, _split
 
 # Official E2E scorer on the challenge outputs (METRICS.md).
 E2E_TARGETS = {
@@ -20,15 +20,27 @@ E2E_TARGETS = {
     "slug": dict(BLEU="0.6619", NIST="8.6130", METEOR="0.4454", ROUGE_L="0.6772", CIDEr="2.2615"),
     "adapt": dict(BLEU="0.5092", NIST="7.1954", METEOR="0.4025", ROUGE_L="0.5872", CIDEr="1.5039"),
 }
-SEEN = {"Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument",
-        "SportsTeam", "University", "WrittenWork"}
+SEEN = {
+    "Airport",
+    "Astronaut",
+    "Building",
+    "City",
+    "ComicsCharacter",
+    "Food",
+    "Monument",
+    "SportsTeam",
+    "University",
+    "WrittenWork",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def java_required():
     if not java.java_available():
-        pytest.fail("Java (>= 8) is required for METEOR 1.5 and the PTB tokenizer: no working `java` "
-                    "on PATH or in $JAVA_HOME (install e.g. default-jre-headless)")
+        pytest.fail(
+            "Java (>= 8) is required for METEOR 1.5 and the PTB tokenizer: no working `java` "
+            "on PATH or in $JAVA_HOME (install e.g. default-jre-headless)"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +55,21 @@ def e2e_systems():
     flat_refs = [r for rs in ref_lists for r in rs]
     hyps = [h for name in E2E_TARGETS for h in systems[name]]
     tokens = ptb.ptb_tokenize(hyps + flat_refs)
-    tok_hyps, rest = tokens[:len(hyps)], iter(tokens[len(hyps):])
+    tok_hyps, rest = tokens[: len(hyps)], iter(tokens[len(hyps) :])
     tok_refs = [[next(rest) for _ in rs] for rs in ref_lists]
     n = len(ref_lists)
     subsets = {name: list(range(k * n, (k + 1) * n)) for k, name in enumerate(E2E_TARGETS)}
     met = meteor.meteor_subsets(tok_hyps, tok_refs * len(E2E_TARGETS), subsets)
     scores = {}
     for k, name in enumerate(E2E_TARGETS):
-        th = tok_hyps[k * n:(k + 1) * n]
-        scores[name] = dict(BLEU=bleu.bleu(systems[name], ref_lists, "mteval"),
-                            NIST=nist.nist(systems[name], ref_lists), METEOR=met[name],
-                            ROUGE_L=rouge.rouge_l(th, tok_refs), CIDEr=cider.cider_d(th, tok_refs))
+        th = tok_hyps[k * n : (k + 1) * n]
+        scores[name] = dict(
+            BLEU=bleu.bleu(systems[name], ref_lists, "mteval"),
+            NIST=nist.nist(systems[name], ref_lists),
+            METEOR=met[name],
+            ROUGE_L=rouge.rouge_l(th, tok_refs),
+            CIDEr=cider.cider_d(th, tok_refs),
+        )
     return dict(scores=scores, systems=systems, refs=refs, tok_hyps=tok_hyps, tok_refs=tok_refs)
 
 
@@ -65,8 +81,7 @@ def test_e2e_parity_with_official_scorer(e2e_systems, name):
 
 def test_ptb_tokenizer_like_pycocoevalcap():
     texts = ["The Café costs £20 (cheap).", "", ".", "a\nb", "x\ry", "Hello, world!", "  "]
-    assert ptb.ptb_tokenize(texts) == ["the café costs # 20 -lrb- cheap -rrb-", "", "", "a b", "x y",
-                                       "hello world", ""]
+    assert ptb.ptb_tokenize(texts) == ["the café costs # 20 -lrb- cheap -rrb-", "", "", "a b", "x y", "hello world", ""]
     assert ptb.ptb_tokenize(["", ""]) == ["", ""]
 
 
@@ -74,11 +89,19 @@ def test_e2e_cli_with_prediction_jsonl(e2e_systems, tmp_path):
     """The documented formats end to end: predictions jsonl (gpt2_beam.py) + test_unique.jsonl."""
     refs = e2e_systems["refs"]
     ref_file = tmp_path / "test_unique.jsonl"
-    ref_file.write_text("".join(json.dumps({"id": r.id, "context": r.mr, "context_ids": [],
-                                            "references": r.references}) + "\n" for r in refs))
+    ref_file.write_text(
+        "".join(
+            json.dumps({"id": r.id, "context": r.mr, "context_ids": [], "references": r.references}) + "\n"
+            for r in refs
+        )
+    )
     pred_file = tmp_path / "pred.jsonl"
-    pred_file.write_text("".join(json.dumps({"id": r.id, "token_ids": [], "text": t}) + "\n"
-                                 for r, t in zip(refs, e2e_systems["systems"]["tgen"])))
+    pred_file.write_text(
+        "".join(
+            json.dumps({"id": r.id, "token_ids": [], "text": t}) + "\n"
+            for r, t in zip(refs, e2e_systems["systems"]["tgen"])
+        )
+    )
     out = tmp_path / "report.json"
     assert evaluate.main(["e2e", str(pred_file), str(ref_file), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -93,10 +116,11 @@ def test_meteor_edge_cases():
     scores = meteor.meteor_subsets(
         ["the café costs # 20", "le café", "", "a single reference"],
         [["the café costs # 20"], ["le cafe"], ["something"], ["a single reference"]],
-        {"same": [0], "accent": [1], "empty": [2], "all": [0, 1, 2, 3]})
-    assert scores["same"] == 1.0          # UTF-8 both ways: identical text scores 1
-    assert scores["accent"] < 1.0         # é is not e (no lossy decoding on the way)
-    assert scores["empty"] == 0.0         # an empty hypothesis is scored, not an error
+        {"same": [0], "accent": [1], "empty": [2], "all": [0, 1, 2, 3]},
+    )
+    assert scores["same"] == 1.0  # UTF-8 both ways: identical text scores 1
+    assert scores["accent"] < 1.0  # é is not e (no lossy decoding on the way)
+    assert scores["empty"] == 0.0  # an empty hypothesis is scored, not an error
     two = meteor.meteor_subsets(["a b c", "d e f", "x"], [["a b c d"], ["d e"], ["y", "x"]], jobs=2)
     one = meteor.meteor_subsets(["a b c", "d e f", "x"], [["a b c d"], ["d e"], ["y", "x"]], jobs=1)
     assert two == one
@@ -107,9 +131,14 @@ def test_meteor_vocabulary_contains_the_jars_normalizer_output(e2e_systems):
     own normalizer (`-norm`) makes of the texts."""
     dart = references._lines(os.path.join(DART, "bart-large_dart.txt"))[:1500]
     geneval = _split(os.path.join(GENEVAL, "hypothesis")) + _split(os.path.join(GENEVAL, "references", "reference0"))
-    texts = (e2e_systems["tok_hyps"][:630] + [r for rs in e2e_systems["tok_refs"] for r in rs] + dart + geneval
-             + [generationeval_tokenize(t) for t in geneval[:500]]
-             + ["U.S.-based e-mail don’t “x” -- a–b ... Mr. Smith 1,000.5 ŁÓDŹ Σίσυφος İstanbul 1990's"])
+    texts = (
+        e2e_systems["tok_hyps"][:630]
+        + [r for rs in e2e_systems["tok_refs"] for r in rs]
+        + dart
+        + geneval
+        + [generationeval_tokenize(t) for t in geneval[:500]]
+        + ["U.S.-based e-mail don’t “x” -- a–b ... Mr. Smith 1,000.5 ŁÓDŹ Σίσυφος İstanbul 1990's"]
+    )
     cmd = java.java_command("-cp", java.meteor_jar(), "edu.cmu.meteor.util.Normalizer", "en", "true")
     out = subprocess.run(cmd, input=("\n".join(texts) + "\n").encode("utf-8"), capture_output=True, check=True)
     jar_tokens = set(out.stdout.decode("utf-8").lower().split())
@@ -133,8 +162,19 @@ def test_generationeval_sample_meteor_equals_jar_file_mode(geneval_tokenized, tm
     _, _, tok_h, tok_r = geneval_tokenized
     (tmp_path / "hyp").write_text("\n".join(tok_h), encoding="utf-8")
     (tmp_path / "ref").write_text("\n".join(r for rs in tok_r for r in rs), encoding="utf-8")
-    cmd = [java.java_executable(), "-Xmx2G", "-jar", java.meteor_jar(), str(tmp_path / "hyp"),
-           str(tmp_path / "ref"), "-l", "en", "-norm", "-r", "4"]
+    cmd = [
+        java.java_executable(),
+        "-Xmx2G",
+        "-jar",
+        java.meteor_jar(),
+        str(tmp_path / "hyp"),
+        str(tmp_path / "ref"),
+        "-l",
+        "en",
+        "-norm",
+        "-r",
+        "4",
+    ]
     out = subprocess.run(cmd, capture_output=True, check=True).stdout.decode()
     official = float(re.search(r"Final score:\s+(\S+)", out).group(1))
     assert meteor.meteor(tok_h, tok_r) == official
@@ -143,8 +183,12 @@ def test_generationeval_sample_meteor_equals_jar_file_mode(geneval_tokenized, tm
 def test_generationeval_sample_bleu_and_ter(geneval_tokenized):
     hyps, refs, tok_h, tok_r = geneval_tokenized
     import sacrebleu
-    expected = sacrebleu.metrics.BLEU(tokenize="13a", smooth_method="none", force=True).corpus_score(
-        hyps, [[rs[k] for rs in refs] for k in range(4)]).score
+
+    expected = (
+        sacrebleu.metrics.BLEU(tokenize="13a", smooth_method="none", force=True)
+        .corpus_score(hyps, [[rs[k] for rs in refs] for k in range(4)])
+        .score
+    )
     assert bleu.bleu(hyps, refs, "multi-bleu-detok") == pytest.approx(expected, abs=1e-9)
     for i in range(0, len(tok_h), 30):
         assert ter.segment_ter(tok_h[i], tok_r[i]) == _pyter_segment(tok_h[i], tok_r[i]), i
@@ -155,10 +199,19 @@ def _webnlg_references(path):
     with open(path, "w", encoding="utf-8") as f:
         for i, entry in enumerate(root.iter("entry")):
             context = " | ".join(t.text.strip() for t in entry.find("modifiedtripleset").findall("mtriple"))
-            f.write(json.dumps({"id": i, "context": context, "context_ids": [],
-                                "references": [lex.text.strip() for lex in entry.findall("lex")],
-                                "category": entry.get("category"),
-                                "seen": entry.get("category") in SEEN}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": i,
+                        "context": context,
+                        "context_ids": [],
+                        "references": [lex.text.strip() for lex in entry.findall("lex")],
+                        "category": entry.get("category"),
+                        "seen": entry.get("category") in SEEN,
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_webnlg_cli_paper_protocol(tmp_path):
@@ -186,10 +239,16 @@ def test_webnlg_cli_paper_protocol(tmp_path):
                 g["hyp"] = h
         tok = protocol.microsoft_tokenize
         m_hyps = [tok(g["hyp"]) for g in groups.values()]
-        m_refs = [[tok(g["refs"][k] if k < len(g["refs"]) else g["refs"][0]) for k in range(6)] for g in groups.values()]
+        m_refs = [
+            [tok(g["refs"][k] if k < len(g["refs"]) else g["refs"][0]) for k in range(6)] for g in groups.values()
+        ]
         import sacrebleu
-        expected = sacrebleu.metrics.BLEU(tokenize="13a", smooth_method="none", force=True).corpus_score(
-            m_hyps, [[rs[k] for rs in m_refs] for k in range(6)]).score
+
+        expected = (
+            sacrebleu.metrics.BLEU(tokenize="13a", smooth_method="none", force=True)
+            .corpus_score(m_hyps, [[rs[k] for rs in m_refs] for k in range(6)])
+            .score
+        )
         assert report["scores"][subset]["BLEU"] == pytest.approx(expected, abs=1e-9)
         if subset == "unseen":
             w_h = [generationeval_tokenize(h) for h in m_hyps]
@@ -237,13 +296,13 @@ def test_e2e_edge_cases_equal_pycocoevalcap(tmp_path, monkeypatch):
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
     from test_metrics import _pymteval_nist
+
     preds, keyed = references.read_predictions(os.path.join(E2E_OUT, "adapt.tsv"))
     pairs = references.pair(preds, keyed, references.read_references(E2E_REFS))[::15]
     hyps, refs = [text for _, text in pairs], [list(ref.references) for ref, _ in pairs]
-    hyps[0] = ""                                   # an empty hypothesis
-    refs[1] = refs[1][:1]                          # a single reference (and some MRs have only one)
+    hyps[0] = ""  # an empty hypothesis
+    refs[1] = refs[1][:1]  # a single reference (and some MRs have only one)
     hyps[2] = "Café Rouge – a café with prices of more than £30, très cher."
     refs[2] = refs[2] + ["Café Rouge is a café; prices are more than £30."]
     assert any("£" in r for rs in refs for r in rs) and any("é" in h for h in hyps)
@@ -265,7 +324,11 @@ def test_e2e_edge_cases_equal_pycocoevalcap(tmp_path, monkeypatch):
     assert got["ROUGE_L"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-12)
     assert got["CIDEr"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-12)
     width = max(map(len, refs))
-    expected = sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a").corpus_score(
-        hyps, [[rs[k] if k < len(rs) else None for rs in refs] for k in range(width)]).score / 100
+    expected = (
+        sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a")
+        .corpus_score(hyps, [[rs[k] if k < len(rs) else None for rs in refs] for k in range(width)])
+        .score
+        / 100
+    )
     assert got["BLEU"] == pytest.approx(expected, abs=1e-12)
     assert nist.nist(hyps, refs, "python") == pytest.approx(_pymteval_nist(hyps, refs), rel=1e-12)

@@ -4,6 +4,7 @@ The reference weights (conftest) have initializer_range=0.2 and random biases / 
 wrong GELU, a dropped bias or a misplaced transpose shows in the logits: ``test_erf_gelu_would_fail``
 checks that the tolerance used here does catch the erf-vs-tanh GELU difference.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ def test_cached_decoding_matches_transformers(tiny_model, hf_tiny_model, token_i
     cache = tiny_model.new_cache(B, T)
     steps = [tiny_model(token_ids[:, :prompt], cache=cache)]
     for t in range(prompt, T):
-        steps.append(tiny_model(token_ids[:, t:t + 1], cache=cache))
+        steps.append(tiny_model(token_ids[:, t : t + 1], cache=cache))
     assert cache.length == T
     ours = torch.cat(steps, dim=1)
     assert ours.shape == ref.shape
@@ -64,8 +65,8 @@ def _left_pad(rows, pad_id=0):
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, T - len(r):] = r
-        mask[i, T - len(r):] = 1
+        ids[i, T - len(r) :] = r
+        mask[i, T - len(r) :] = 1
     return ids, mask
 
 
@@ -78,7 +79,7 @@ def test_left_padded_rows_equal_rows_alone(tiny_model, hf_tiny_model, token_ids)
     for i, r in enumerate(rows):
         alone = tiny_model(r[None])[0]
         ref = hf_logits(hf_tiny_model, r[None])[0]
-        got = batch[i, T - len(r):]
+        got = batch[i, T - len(r) :]
         assert max_diff(got, alone) < 1e-5
         assert max_diff(got, ref) < TOL
 
@@ -94,11 +95,11 @@ def test_left_padded_cached_decoding_equals_rows_alone(tiny_model, hf_tiny_model
     steps = []
     for t in range(new.shape[1]):
         mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
-        steps.append(tiny_model(new[:, t:t + 1], attention_mask=mask, cache=cache))
+        steps.append(tiny_model(new[:, t : t + 1], attention_mask=mask, cache=cache))
     got = torch.cat(steps, dim=1)  # (B, 5, V)
     for i, r in enumerate(rows):
         full = torch.cat([r, new[i]])[None]
-        ref = hf_logits(hf_tiny_model, full)[0, len(r):]
+        ref = hf_logits(hf_tiny_model, full)[0, len(r) :]
         assert max_diff(got[i], ref) < TOL
 
 
@@ -141,8 +142,9 @@ def test_logit_mask_gradients_match_full_forward(token_ids):
     from lora_nlg.lora import LoRAConfig, apply_lora, mark_only_lora_as_trainable
 
     torch.manual_seed(0)
-    model = lora_nlg.model.GPT2LMModel(lora_nlg.model.GPT2Config(vocab_size=101, n_positions=32, n_embd=16,
-                                                                 n_layer=2, n_head=2)).double()
+    model = lora_nlg.model.GPT2LMModel(
+        lora_nlg.model.GPT2Config(vocab_size=101, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    ).double()
     apply_lora(model, LoRAConfig(r=2, alpha=4, targets=("q", "v", "mlp.c_fc")))
     mark_only_lora_as_trainable(model)
     for p in model.parameters():  # B starts at zero: make every gradient path non-trivial

@@ -1,4 +1,5 @@
 """The pretrained-checkpoint fetcher: mirror use, sha256 check, clear offline error."""
+
 import hashlib
 import os
 

@@ -2,13 +2,14 @@
 compact-vocabulary data -> tiny backbone pretrained with gpt2_ft -> LoRA runs under both rules ->
 table, JSON, PNG) on a few examples. The numbers mean nothing at this size; what is checked is
 that the scaling rule reaches training and that the recorded norms are the adapters' own."""
+
 import json
 
 import pytest
 
 from lora_nlg.pipeline import scaling_study
-from lora_nlg.weights.adapter import read_adapter, update_norms
 from lora_nlg.weights import layout as ts
+from lora_nlg.weights.adapter import read_adapter, update_norms
 
 
 def test_quick_study_runs_and_records_what_it_trained(tmp_path):
@@ -23,7 +24,7 @@ def test_quick_study_runs_and_records_what_it_trained(tmp_path):
     assert runs["alpha/r", 1]["update_norm"] == pytest.approx(runs["alpha/sqrt(r)", 1]["update_norm"], rel=1e-6)
     assert runs["alpha/r", 1]["valid_loss"] == pytest.approx(runs["alpha/sqrt(r)", 1]["valid_loss"], rel=1e-6)
     assert runs["alpha/r", 8]["scaling"] == 4
-    assert runs["alpha/sqrt(r)", 8]["scaling"] == pytest.approx(32 / 8 ** 0.5)
+    assert runs["alpha/sqrt(r)", 8]["scaling"] == pytest.approx(32 / 8**0.5)
     assert runs["alpha/r", 8]["update_norm"] != pytest.approx(runs["alpha/sqrt(r)", 8]["update_norm"], rel=1e-3)
 
     # The recorded norm is the last checkpoint's sum of ||scaling * B A||_F, with the rule it says.

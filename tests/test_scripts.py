@@ -11,6 +11,7 @@
 
 Java is required (METEOR, PTB tokens), as in test_metrics_java.py.
 """
+
 import json
 import math
 import os
@@ -21,10 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_nlg.pipeline import loss_plot
-from lora_nlg.pipeline import model_selection
-from lora_nlg.pipeline import results_table
 from lora_nlg.data import subset
+from lora_nlg.pipeline import loss_plot, model_selection, results_table
 
 REPO = Path(__file__).resolve().parents[1]
 E2E_METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
@@ -37,16 +36,17 @@ def script_env():
 
 
 def run_script(args, timeout=600):
-    return subprocess.run(["bash", *map(str, args)], cwd=REPO, env=script_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", *map(str, args)], cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ------------------------------------------------------------------------------ end to end
 
+
 def test_demo_quick_writes_every_e2e_metric_and_a_loss_plot(prepared, mirror, tmp_path):
     out = tmp_path / "demo"
-    r = run_script([REPO / "scripts/demo.sh", "--quick", "--out", out, "--data_dir", prepared,
-                    "--data_mirror", mirror])
+    r = run_script([REPO / "scripts/demo.sh", "--quick", "--out", out, "--data_dir", prepared, "--data_mirror", mirror])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
     assert report["dataset"] == "e2e" and report["protocol"] == "official"
@@ -72,14 +72,39 @@ def test_demo_quick_writes_every_e2e_metric_and_a_loss_plot(prepared, mirror, tm
 
 def test_run_sh_tiny_runs_every_step(prepared, mirror, tmp_path):
     out = tmp_path / "run"
-    r = run_script([REPO / "scripts/run.sh", "e2e", "--tiny", "--out", out, "--data_dir", prepared,
-                    "--data_mirror", mirror, "--no_download", "--limit_train", 64, "--limit_valid", 32,
-                    "--limit_eval", 3, "--log_interval", 4, "--tensorboard", "false"])
+    r = run_script(
+        [
+            REPO / "scripts/run.sh",
+            "e2e",
+            "--tiny",
+            "--out",
+            out,
+            "--data_dir",
+            prepared,
+            "--data_mirror",
+            mirror,
+            "--no_download",
+            "--limit_train",
+            64,
+            "--limit_valid",
+            32,
+            "--limit_eval",
+            3,
+            "--log_interval",
+            4,
+            "--tensorboard",
+            "false",
+        ]
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     seed = out / "seed-110"
     # 64 pairs at batch 8: 8 steps per epoch, 2 epochs, each epoch a candidate decoded on the dev slice.
-    assert sorted(os.listdir(seed / "dev")) == ["epoch-1.config.yaml", "epoch-1.jsonl",
-                                                 "epoch-2.config.yaml", "epoch-2.jsonl"]
+    assert sorted(os.listdir(seed / "dev")) == [
+        "epoch-1.config.yaml",
+        "epoch-1.jsonl",
+        "epoch-2.config.yaml",
+        "epoch-2.jsonl",
+    ]
     selection = json.loads((seed / "selection.json").read_text())
     assert set(selection["scores"]) == {"epoch-1", "epoch-2"}
     assert selection["chosen"] == max(selection["scores"], key=lambda k: (selection["scores"][k], k == "epoch-1"))
@@ -97,20 +122,46 @@ def test_run_sh_tiny_runs_every_step(prepared, mirror, tmp_path):
     assert "## protocol `official`" in md and "## protocol `paper`" in md
     # Every step's command is logged before it runs, with its duration after.
     log = (out / "run.log").read_text()
-    for name in ("prepare-data", "train-110", "decode-dev-110-epoch-1", "decode-dev-110-epoch-2", "select-110",
-                 "decode-test-110", "eval-official-110", "eval-paper-110", "results"):
+    for name in (
+        "prepare-data",
+        "train-110",
+        "decode-dev-110-epoch-1",
+        "decode-dev-110-epoch-2",
+        "select-110",
+        "decode-test-110",
+        "eval-official-110",
+        "eval-paper-110",
+        "results",
+    ):
         assert f"step {name}: " in log and f"step {name} done in" in log, name
     assert "--max_epoch 2 --max_step 16" in log
 
 
 # ------------------------------------------------------------------------------ failures
 
+
 def test_run_sh_stops_at_the_failing_step_and_names_it(prepared, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((REPO / "configs" / "tiny.yaml").read_text() + "lora_rank: 4\n")  # not a training key
     out = tmp_path / "run"
-    r = run_script([REPO / "scripts/run.sh", "e2e", "--tiny", "--config", bad, "--out", out,
-                    "--data_dir", prepared, "--no_download", "--limit_train", 16, "--limit_eval", 2])
+    r = run_script(
+        [
+            REPO / "scripts/run.sh",
+            "e2e",
+            "--tiny",
+            "--config",
+            bad,
+            "--out",
+            out,
+            "--data_dir",
+            prepared,
+            "--no_download",
+            "--limit_train",
+            16,
+            "--limit_eval",
+            2,
+        ]
+    )
     assert r.returncode != 0
     assert "run.sh: step 'train-110' failed" in r.stderr
     assert "unknown key(s) ['lora_rank']" in r.stdout + r.stderr
@@ -122,21 +173,28 @@ def test_run_sh_stops_at_the_failing_step_and_names_it(prepared, tmp_path):
 def test_a_missing_data_mirror_fails_the_prepare_step(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    for script, prog, extra in ((REPO / "scripts/run.sh", "run.sh", ["e2e", "--tiny", "--no_download"]),
-                                (REPO / "scripts/demo.sh", "demo.sh", ["--quick"])):  # the demo never downloads
-        r = run_script([script, *extra, "--out", tmp_path / prog, "--data_dir", tmp_path / "data",
-                        "--data_mirror", empty], timeout=120)
+    for script, prog, extra in (
+        (REPO / "scripts/run.sh", "run.sh", ["e2e", "--tiny", "--no_download"]),
+        (REPO / "scripts/demo.sh", "demo.sh", ["--quick"]),
+    ):  # the demo never downloads
+        r = run_script(
+            [script, *extra, "--out", tmp_path / prog, "--data_dir", tmp_path / "data", "--data_mirror", empty],
+            timeout=120,
+        )
         assert r.returncode != 0, prog
         assert f"{prog}: step 'prepare-data' failed" in r.stderr, r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "name a dataset"),
-    (["e2e", "--nproc", "0"], "--nproc must be a positive integer"),
-    (["e2e", "--config", "no/such.yaml"], "--config"),
-    (["e2e", "--random_seed", "3"], "--seeds"),
-    (["e2e", "--model_card", "gpt2.huge"], "--model_card gpt2.huge"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "name a dataset"),
+        (["e2e", "--nproc", "0"], "--nproc must be a positive integer"),
+        (["e2e", "--config", "no/such.yaml"], "--config"),
+        (["e2e", "--random_seed", "3"], "--seeds"),
+        (["e2e", "--model_card", "gpt2.huge"], "--model_card gpt2.huge"),
+    ],
+)
 def test_run_sh_rejects_bad_arguments_before_running_anything(args, message, tmp_path):
     r = run_script([REPO / "scripts/run.sh", *args, "--out", tmp_path / "run"], timeout=60)
     assert r.returncode == 2 and message in r.stderr, r.stderr
@@ -150,31 +208,59 @@ def test_bench_run_all_rejects_an_unknown_benchmark():
 
 # ------------------------------------------------------------------------------ the pieces
 
+
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def test_model_selection_picks_the_best_dev_bleu_and_the_earlier_on_a_tie(tmp_path):
-    refs = _write_jsonl(tmp_path / "valid_unique.jsonl", [
-        {"id": i, "context": f"name : X{i}", "context_ids": [1, 50256],
-         "references": [f"X{i} is a pub in the city centre .", f"The pub X{i} is in the centre ."]} for i in range(4)])
-    texts = {"epoch-1": "X{} is a pub .", "epoch-2": "X{} is a pub in the city centre .", "epoch-3": "X{} is a pub in the city centre ."}
-    candidates = [(name, str(_write_jsonl(tmp_path / f"{name}.jsonl",
-                                          [{"id": i, "token_ids": [], "text": t.format(i)} for i in range(4)])))
-                  for name, t in texts.items()]
+    refs = _write_jsonl(
+        tmp_path / "valid_unique.jsonl",
+        [
+            {
+                "id": i,
+                "context": f"name : X{i}",
+                "context_ids": [1, 50256],
+                "references": [f"X{i} is a pub in the city centre .", f"The pub X{i} is in the centre ."],
+            }
+            for i in range(4)
+        ],
+    )
+    texts = {
+        "epoch-1": "X{} is a pub .",
+        "epoch-2": "X{} is a pub in the city centre .",
+        "epoch-3": "X{} is a pub in the city centre .",
+    }
+    candidates = [
+        (
+            name,
+            str(
+                _write_jsonl(
+                    tmp_path / f"{name}.jsonl", [{"id": i, "token_ids": [], "text": t.format(i)} for i in range(4)]
+                )
+            ),
+        )
+        for name, t in texts.items()
+    ]
     report = model_selection.select("e2e", str(refs), candidates)
     assert report["scores"]["epoch-2"] == pytest.approx(1.0)
     assert report["scores"]["epoch-1"] < 1.0
     assert report["chosen"] == "epoch-2"  # epoch-3 ties it: the earlier one wins
     out = tmp_path / "selection.json"
-    assert model_selection.main(["--dataset", "e2e", "--references", str(refs), "--out", str(out),
-                                 *[f"{n}={p}" for n, p in candidates]]) == 0
+    assert (
+        model_selection.main(
+            ["--dataset", "e2e", "--references", str(refs), "--out", str(out), *[f"{n}={p}" for n, p in candidates]]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["chosen"] == "epoch-2"
     # A prediction file that lacks an input is an error, not a silent partial score.
     short = _write_jsonl(tmp_path / "short.jsonl", [{"id": 0, "token_ids": [], "text": "X0"}])
-    assert model_selection.main(["--dataset", "e2e", "--references", str(refs), "--out", str(out),
-                                 f"epoch-1={short}"]) == 2
+    assert (
+        model_selection.main(["--dataset", "e2e", "--references", str(refs), "--out", str(out), f"epoch-1={short}"])
+        == 2
+    )
 
 
 def _fake_seed(folder, seed, bleu, chosen="epoch-2"):
@@ -182,19 +268,33 @@ def _fake_seed(folder, seed, bleu, chosen="epoch-2"):
     (d / "test").mkdir(parents=True)
     (d / "selection.json").write_text(json.dumps({"scores": {"epoch-1": 0.1, chosen: 0.5}, "chosen": chosen}))
     for proto, shift in (("official", 0.0), ("paper", 0.01)):
-        scores = {"all": {"BLEU": bleu + shift, "METEOR": 0.4, "TER": 0.5},
-                  "seen": {"BLEU": bleu + 10, "METEOR": 0.45, "TER": 0.4}}
-        (d / "test" / f"eval.{proto}.json").write_text(json.dumps({
-            "protocol": proto, "metrics": ["BLEU", "METEOR", "TER"], "scores": scores,
-            "counts": {k: {"inputs": 3} for k in scores}, "not_computed": {}}))
+        scores = {
+            "all": {"BLEU": bleu + shift, "METEOR": 0.4, "TER": 0.5},
+            "seen": {"BLEU": bleu + 10, "METEOR": 0.45, "TER": 0.4},
+        }
+        (d / "test" / f"eval.{proto}.json").write_text(
+            json.dumps(
+                {
+                    "protocol": proto,
+                    "metrics": ["BLEU", "METEOR", "TER"],
+                    "scores": scores,
+                    "counts": {k: {"inputs": 3} for k in scores},
+                    "not_computed": {},
+                }
+            )
+        )
     return d
 
 
 def test_results_table_mean_and_sample_std_over_seeds(tmp_path):
     bleus = [55.0, 56.5, 54.1]
     dirs = [_fake_seed(tmp_path, s, b) for s, b in zip((110, 111, 112), bleus)]
-    assert results_table.main(["--dataset", "webnlg", "--model_card", "gpt2.md", "--out_dir", str(tmp_path),
-                               *map(str, dirs)]) == 0
+    assert (
+        results_table.main(
+            ["--dataset", "webnlg", "--model_card", "gpt2.md", "--out_dir", str(tmp_path), *map(str, dirs)]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["seeds"] == ["110", "111", "112"]
     s = result["summary"]["official"]["all"]["BLEU"]
@@ -208,8 +308,12 @@ def test_results_table_mean_and_sample_std_over_seeds(tmp_path):
     # A seed folder without its evaluation is an error naming the file.
     (dirs[0] / "test" / "eval.official.json").unlink()
     (dirs[0] / "test" / "eval.paper.json").unlink()
-    assert results_table.main(["--dataset", "webnlg", "--model_card", "gpt2.md", "--out_dir", str(tmp_path),
-                               *map(str, dirs)]) == 2
+    assert (
+        results_table.main(
+            ["--dataset", "webnlg", "--model_card", "gpt2.md", "--out_dir", str(tmp_path), *map(str, dirs)]
+        )
+        == 2
+    )
 
 
 def test_subset_keeps_lines_verbatim_first_or_seeded_sample(tmp_path):
@@ -246,13 +350,26 @@ def test_bench_ratio_table_reads_the_three_reports(tmp_path):
     finally:
         sys.path.pop(0)
     train = tmp_path / "train.json"
-    train.write_text(json.dumps({"device": "CPU", "precision": "fp32",
-                                 "ratios": {"speed vs transformers+PEFT (per step, target >= 1.3)": 1.5}}))
+    train.write_text(
+        json.dumps(
+            {
+                "device": "CPU",
+                "precision": "fp32",
+                "ratios": {"speed vs transformers+PEFT (per step, target >= 1.3)": 1.5},
+            }
+        )
+    )
     beam = tmp_path / "beam.json"
-    beam.write_text(json.dumps({"device": "CPU", "precision": "fp32",
-                                "a": {"speedup": 2.0, "inputs": 8, "identical_outputs": "8/8"},
-                                "b": {"speedup": 30.0, "ours_total_s": 10.0, "seed_total_s": 300.0,
-                                      "seed_lines_measured": 2}}))
+    beam.write_text(
+        json.dumps(
+            {
+                "device": "CPU",
+                "precision": "fp32",
+                "a": {"speedup": 2.0, "inputs": 8, "identical_outputs": "8/8"},
+                "b": {"speedup": 30.0, "ours_total_s": 10.0, "seed_total_s": 300.0, "seed_lines_measured": 2},
+            }
+        )
+    )
     table = ratio_table.rows(str(train), str(beam), str(tmp_path / "missing.json"))
     ratios = [r for _, _, r, _ in table]
     assert ratios == [1.5, 2.0, 30.0, None]

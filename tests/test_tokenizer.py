@@ -12,14 +12,15 @@ reference (too slow for all of them on a busy 2-core machine) sees a large deter
 every text with a non-ASCII character (about 34,600: the risky ones for byte-level BPE) and every
 8th of the ASCII-only ones in sorted order (about 17,500), plus the edge cases below.
 """
+
 import json
 import os
 from pathlib import Path
 
 import pytest
 import regex
-
 import upstream_files as U
+
 from lora_nlg.data import files
 from lora_nlg.data import tokenizer as T
 from lora_nlg.data.tokenizer import GPT2Tokenizer, default_vocab_dir
@@ -43,11 +44,32 @@ def vocab_and_merges(vocab_dir):
 
 
 EDGE_TEXTS = [
-    "", " ", "  ", "\n", "\n\n", " \n \n", "a\n\nb", "tab\there", "trailing  ", "  leading",
-    "Hello world", " Hello world", "HELLO WORLD'S", "don't DON'T we'll I'M you're", "x's 've",
-    "3.14159 1,000,000 2020-07-04", "£20-25 and €30 or ¥5", "Café Adriatic — naïve façade",
-    "Raúl_Fernando_Sendic_Rodríguez", "日本語のテキスト", "emoji 🙂👍🏽", "\u200b zero width", "a\u00a0b",
-    "<|endoftext|> in text", "!!!???...", "   multiple   spaces   between   ",
+    "",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    " \n \n",
+    "a\n\nb",
+    "tab\there",
+    "trailing  ",
+    "  leading",
+    "Hello world",
+    " Hello world",
+    "HELLO WORLD'S",
+    "don't DON'T we'll I'M you're",
+    "x's 've",
+    "3.14159 1,000,000 2020-07-04",
+    "£20-25 and €30 or ¥5",
+    "Café Adriatic — naïve façade",
+    "Raúl_Fernando_Sendic_Rodríguez",
+    "日本語のテキスト",
+    "emoji 🙂👍🏽",
+    "\u200b zero width",
+    "a\u00a0b",
+    "<|endoftext|> in text",
+    "!!!???...",
+    "   multiple   spaces   between   ",
 ]
 
 
@@ -76,14 +98,15 @@ def our_ids(tok, all_texts):
 
 # --- OpenAI's GPT-2 BPE (openai/gpt-2 src/encoder.py), pure Python ---------------------------
 
+
 def _bytes_to_unicode():
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
-    for b in range(2 ** 8):
+    for b in range(2**8):
         if b not in bs:
             bs.append(b)
-            cs.append(2 ** 8 + n)
+            cs.append(2**8 + n)
             n += 1
     return dict(zip(bs, [chr(c) for c in cs]))
 

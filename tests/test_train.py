@@ -5,6 +5,7 @@ as the seed encodes them, written to a temporary folder: nothing depends on a pr
 Runs go through `main(argv)` in-process where possible, and through real subprocesses
 (`python -m torch.distributed.run`, `kill -9`, SIGTERM) where the process boundary is the point.
 """
+
 import json
 import os
 import re
@@ -21,12 +22,12 @@ import yaml
 from safetensors import safe_open
 
 from lora_nlg.data import raw as D
-from lora_nlg.weights.adapter import load_lora
-from lora_nlg.weights.backbone import load_pretrained, save_pretrained
-from lora_nlg.model import GPT2Config, GPT2LMModel
 from lora_nlg.data.prepare import encode_pairs
 from lora_nlg.data.tokenizer import GPT2Tokenizer
+from lora_nlg.model import GPT2Config, GPT2LMModel
 from lora_nlg.train.loop import main
+from lora_nlg.weights.adapter import load_lora
+from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_FT = str(REPO / "src" / "gpt2_ft.py")
@@ -48,11 +49,36 @@ def e2e_data(tmp_path_factory, mirror):
 
 def tiny_args(data, work_dir, *extra):
     """A small LoRA run on gpt2.tiny (random backbone) on the CPU."""
-    return ["--train_data", str(data / "train.jsonl"), "--valid_data", str(data / "valid.jsonl"),
-            "--model_card", "gpt2.tiny", "--device", "cpu", "--seq_len", "128",
-            "--train_batch_size", "8", "--valid_batch_size", "16", "--lr", "0.002", "--correct_bias",
-            "--log_interval", "1", "--eval_interval", "1000", "--save_interval", "1000",
-            "--tensorboard", "false", "--work_dir", str(work_dir), *extra]
+    return [
+        "--train_data",
+        str(data / "train.jsonl"),
+        "--valid_data",
+        str(data / "valid.jsonl"),
+        "--model_card",
+        "gpt2.tiny",
+        "--device",
+        "cpu",
+        "--seq_len",
+        "128",
+        "--train_batch_size",
+        "8",
+        "--valid_batch_size",
+        "16",
+        "--lr",
+        "0.002",
+        "--correct_bias",
+        "--log_interval",
+        "1",
+        "--eval_interval",
+        "1000",
+        "--save_interval",
+        "1000",
+        "--tensorboard",
+        "false",
+        "--work_dir",
+        str(work_dir),
+        *extra,
+    ]
 
 
 def adapter(path):
@@ -86,13 +112,33 @@ def run(cmd, timeout=240, **kw):
 
 # ------------------------------------------------------------------------------- a short run
 
+
 @pytest.fixture(scope="module")
 def short_run(e2e_data, tmp_path_factory):
     """30 steps with validation every 10 and checkpoints every 15 (shared by several tests)."""
     work = tmp_path_factory.mktemp("short") / "run"
-    code = main(tiny_args(e2e_data, work, "--max_step", "30", "--lr", "0.005", "--eval_interval", "10",
-                          "--save_interval", "15", "--warmup_step", "4", "--lora_alpha", "32",
-                          "--lora_dropout", "0.1", "--tensorboard", "true"))
+    code = main(
+        tiny_args(
+            e2e_data,
+            work,
+            "--max_step",
+            "30",
+            "--lr",
+            "0.005",
+            "--eval_interval",
+            "10",
+            "--save_interval",
+            "15",
+            "--warmup_step",
+            "4",
+            "--lora_alpha",
+            "32",
+            "--lora_dropout",
+            "0.1",
+            "--tensorboard",
+            "true",
+        )
+    )
     assert code == 0
     return work
 
@@ -196,21 +242,43 @@ def test_two_process_gloo_torchrun_equals_one_process(e2e_data, tmp_path, one_pr
     args = [GPT2_FT, *tiny_args(e2e_data, two, *EQUIVALENCE, "--train_batch_size", "4")]
     torchrun = [sys.executable, "-m", "torch.distributed.run"]
     if layout.startswith("1 node"):
-        procs = [subprocess.Popen([*torchrun, "--standalone", "--nproc_per_node=2", *args], env=subprocess_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+        procs = [
+            subprocess.Popen(
+                [*torchrun, "--standalone", "--nproc_per_node=2", *args],
+                env=subprocess_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        ]
     else:
         port = str(free_port())
-        procs = [subprocess.Popen([*torchrun, "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",
-                                   "--master_addr=127.0.0.1", f"--master_port={port}", *args],
-                                  env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for node in (0, 1)]
+        procs = [
+            subprocess.Popen(
+                [
+                    *torchrun,
+                    "--nnodes=2",
+                    "--nproc_per_node=1",
+                    f"--node_rank={node}",
+                    "--master_addr=127.0.0.1",
+                    f"--master_port={port}",
+                    *args,
+                ],
+                env=subprocess_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for node in (0, 1)
+        ]
     outputs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert "2 process(es) on cpu (gloo)" in outputs[0][0]
     one, _ = one_process_runs
-    assert_same_tensors(adapter(two / "checkpoints" / "step-6")[0], adapter(one / "checkpoints" / "step-6")[0],
-                        atol=1e-5)
+    assert_same_tensors(
+        adapter(two / "checkpoints" / "step-6")[0], adapter(one / "checkpoints" / "step-6")[0], atol=1e-5
+    )
     # Validation loss is reduced over both ranks: the same number as one process computes.
     v2, v1 = records(two, "valid"), records(one, "valid")
     assert [r["step"] for r in v2] == [3, 6]
@@ -260,8 +328,13 @@ def test_sigterm_to_torchrun_saves_a_resumable_checkpoint_on_every_rank(e2e_data
     work = tmp_path / "run"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", GPT2_FT]
     args = tiny_args(e2e_data, work, "--train_batch_size", "4", "--scheduler", "constant")
-    proc = subprocess.Popen([*torchrun, *args, "--max_step", "500"], env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*torchrun, *args, "--max_step", "500"],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = work / "log.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
@@ -308,8 +381,27 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(e2e_data, tmp_
 
 def test_scheduler_counts_optimizer_steps_under_grad_acc(e2e_data, tmp_path):
     work = tmp_path / "run"
-    assert main(tiny_args(e2e_data, work, "--train_batch_size", "4", "--grad_acc", "3", "--max_step", "6",
-                          "--warmup_step", "2", "--scheduler", "linear", "--lr", "0.001")) == 0
+    assert (
+        main(
+            tiny_args(
+                e2e_data,
+                work,
+                "--train_batch_size",
+                "4",
+                "--grad_acc",
+                "3",
+                "--max_step",
+                "6",
+                "--warmup_step",
+                "2",
+                "--scheduler",
+                "linear",
+                "--lr",
+                "0.001",
+            )
+        )
+        == 0
+    )
     lrs = [r["lr"] for r in records(work, "train")]
     # Step t (1-based) uses the schedule at t - 1: warmup 0, 0.5, then linear decay to 0 at 6.
     expected = [0.001 * f for f in (0.0, 0.5, 1.0, 3 / 4, 2 / 4, 1 / 4)]
@@ -323,6 +415,7 @@ def test_scheduler_counts_optimizer_steps_under_grad_acc(e2e_data, tmp_path):
 
 # ------------------------------------------------------------------------- command lines
 
+
 @pytest.fixture(scope="module")
 def seed_style_checkpoint(tmp_path_factory):
     """A tiny GPT-2 saved like the seed's `gpt2-medium-pytorch_model.bin`: a pickled state dict
@@ -331,7 +424,7 @@ def seed_style_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pretrained")
     save_pretrained(GPT2LMModel(GPT2Config.from_card("gpt2.tiny")), folder / "hf")
     with safe_open(str(folder / "hf" / "model.safetensors"), framework="pt") as f:
-        state = {k[len("transformer."):]: f.get_tensor(k) for k in f.keys()}
+        state = {k[len("transformer.") :]: f.get_tensor(k) for k in f.keys()}
     torch.save(state, folder / "gpt2-tiny-pytorch_model.bin")
     return folder / "gpt2-tiny-pytorch_model.bin"
 
@@ -340,15 +433,69 @@ def test_seed_readme_e2e_command_runs_under_torchrun(e2e_data, tmp_path, seed_st
     """microsoft/LoRA's README E2E command, `python -m torch.distributed.launch` replaced by
     torchrun, paths changed, --max_step 4 and --model_card gpt2.tiny added."""
     work = tmp_path / "trained_models" / "GPT2_M" / "e2e"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", GPT2_FT,
-           "--train_data", str(e2e_data / "train.jsonl"), "--valid_data", str(e2e_data / "valid.jsonl"),
-           "--train_batch_size", "8", "--grad_acc", "1", "--valid_batch_size", "4", "--seq_len", "512",
-           "--model_card", "gpt2.md", "--init_checkpoint", str(seed_style_checkpoint), "--platform", "local",
-           "--clip", "0.0", "--lr", "0.0002", "--weight_decay", "0.01", "--correct_bias", "--adam_beta2", "0.999",
-           "--scheduler", "linear", "--warmup_step", "500", "--max_epoch", "5", "--save_interval", "1000",
-           "--lora_dim", "4", "--lora_alpha", "32", "--lora_dropout", "0.1", "--label_smooth", "0.1",
-           "--work_dir", str(work), "--random_seed", "110", "--max_step", "4", "--model_card", "gpt2.tiny",
-           "--device", "cpu", "--tensorboard", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        GPT2_FT,
+        "--train_data",
+        str(e2e_data / "train.jsonl"),
+        "--valid_data",
+        str(e2e_data / "valid.jsonl"),
+        "--train_batch_size",
+        "8",
+        "--grad_acc",
+        "1",
+        "--valid_batch_size",
+        "4",
+        "--seq_len",
+        "512",
+        "--model_card",
+        "gpt2.md",
+        "--init_checkpoint",
+        str(seed_style_checkpoint),
+        "--platform",
+        "local",
+        "--clip",
+        "0.0",
+        "--lr",
+        "0.0002",
+        "--weight_decay",
+        "0.01",
+        "--correct_bias",
+        "--adam_beta2",
+        "0.999",
+        "--scheduler",
+        "linear",
+        "--warmup_step",
+        "500",
+        "--max_epoch",
+        "5",
+        "--save_interval",
+        "1000",
+        "--lora_dim",
+        "4",
+        "--lora_alpha",
+        "32",
+        "--lora_dropout",
+        "0.1",
+        "--label_smooth",
+        "0.1",
+        "--work_dir",
+        str(work),
+        "--random_seed",
+        "110",
+        "--max_step",
+        "4",
+        "--model_card",
+        "gpt2.tiny",
+        "--device",
+        "cpu",
+        "--tensorboard",
+        "false",
+    ]
     proc = run(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--platform local is ignored" in proc.stderr
@@ -377,16 +524,19 @@ def test_unknown_flags_are_errors(e2e_data, tmp_path, capsys):
     assert "unknown key(s) ['learning_rate']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (("--fp16", "--precision", "bf16"), "--fp16 contradicts --precision bf16"),
-    (("--precision", "fp16"), "needs CUDA"),
-    (("--lora_dim", "0", "--lora_dropout", "0.1"), "full fine-tuning has no LoRA"),
-    (("--resume", "--overwrite"), "choose one"),
-    (("--lora_targets", "q", "x"), "--lora_targets ['q', 'x']"),
-    (("--grad_acc", "0"), "--grad_acc must be at least 1"),
-    (("--seq_len", "5000"), "exceeds the model's 1024 positions"),
-    (("--scheduler", "cycle", "--i_steps", "0,10", "--i_lrs", "0.1,0"), "but --max_step is 1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--fp16", "--precision", "bf16"), "--fp16 contradicts --precision bf16"),
+        (("--precision", "fp16"), "needs CUDA"),
+        (("--lora_dim", "0", "--lora_dropout", "0.1"), "full fine-tuning has no LoRA"),
+        (("--resume", "--overwrite"), "choose one"),
+        (("--lora_targets", "q", "x"), "--lora_targets ['q', 'x']"),
+        (("--grad_acc", "0"), "--grad_acc must be at least 1"),
+        (("--seq_len", "5000"), "exceeds the model's 1024 positions"),
+        (("--scheduler", "cycle", "--i_steps", "0,10", "--i_lrs", "0.1,0"), "but --max_step is 1"),
+    ],
+)
 def test_contradictory_flags_are_errors(e2e_data, tmp_path, capsys, flags, message):
     assert main(tiny_args(e2e_data, tmp_path / "run", "--max_step", "1", *flags)) == 2
     assert message in capsys.readouterr().err
@@ -427,15 +577,34 @@ def test_config_file_fills_and_flags_override(e2e_data, tmp_path):
 def test_tiny_recipe_config_runs(e2e_data, tmp_path):
     """configs/tiny.yaml stays a valid recipe (its data paths and length overridden)."""
     work = tmp_path / "run"
-    assert main(["--config", str(REPO / "configs" / "tiny.yaml"), "--train_data", str(e2e_data / "train64.jsonl"),
-                 "--valid_data", str(e2e_data / "valid.jsonl"), "--max_step", "2", "--warmup_step", "1",
-                 "--work_dir", str(work), "--tensorboard", "false"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(REPO / "configs" / "tiny.yaml"),
+                "--train_data",
+                str(e2e_data / "train64.jsonl"),
+                "--valid_data",
+                str(e2e_data / "valid.jsonl"),
+                "--max_step",
+                "2",
+                "--warmup_step",
+                "1",
+                "--work_dir",
+                str(work),
+                "--tensorboard",
+                "false",
+            ]
+        )
+        == 0
+    )
     meta = adapter(work / "checkpoints" / "step-2")[1]
     assert (meta["r"], meta["alpha"], meta["dropout"], meta["model_card"]) == (4, 32, 0.1, "gpt2.tiny")
     assert meta["config"]["label_smooth"] == 0.1 and meta["config"]["random_seed"] == 110
 
 
 # ------------------------------------------------------------------- full fine-tuning, bf16
+
 
 def test_full_fine_tuning_writes_a_model_that_loads_as_init_checkpoint(e2e_data, tmp_path):
     """The CPU demo's first half: full training with --obj jlm gives a GPT-2 folder that a LoRA

@@ -3,6 +3,7 @@
 References are the seed's formulas (microsoft/LoRA examples/NLG: ``optimizer.py`` AdamW and
 schedulers, ``model.py`` label-smoothed loss), restated here from their definitions.
 """
+
 import contextlib
 import copy
 import math
@@ -13,8 +14,8 @@ import torch.nn.functional as F
 
 from lora_nlg.lora import LoRAConfig, apply_lora, mark_only_lora_as_trainable
 from lora_nlg.model import GPT2Config, GPT2LMModel
-from lora_nlg.train.optim import AdamW, build_scheduler, param_groups
 from lora_nlg.train.loop import shard_batches, token_loss_sum
+from lora_nlg.train.optim import AdamW, build_scheduler, param_groups
 
 
 def seed_adamw(params, grads_per_step, lr, betas, eps, weight_decay, correct_bias):
@@ -29,7 +30,7 @@ def seed_adamw(params, grads_per_step, lr, betas, eps, weight_decay, correct_bia
             m_.mul_(b1).add_(g, alpha=1 - b1)
             v_.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = v_.sqrt().add_(eps)
-            step_size = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) if correct_bias else lr
+            step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t) if correct_bias else lr
             p.addcdiv_(m_, denom, value=-step_size)
             if weight_decay > 0:
                 p.add_(p, alpha=-lr * weight_decay)
@@ -52,8 +53,9 @@ def problem():
     params = [torch.randn(16, 8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)]
     # Gradients of very different sizes: tiny ones are where eps and bias correction matter.
     scales = [1e-1, 1e-3, 1e-6]
-    grads = [[torch.randn(p.shape, generator=g, dtype=torch.float64) * scales[t % 3] for p in params]
-             for t in range(30)]
+    grads = [
+        [torch.randn(p.shape, generator=g, dtype=torch.float64) * scales[t % 3] for p in params] for t in range(30)
+    ]
     return params, grads
 
 
@@ -91,8 +93,9 @@ def test_adamw_loads_a_state_saved_under_the_old_step_key(problem):
         p.grad = g.clone()
     opt.step()
     old = copy.deepcopy(opt.state_dict())
-    old["param_groups"] = [{("seed_step" if k == "upstream_step" else k): v for k, v in g.items()}
-                           for g in old["param_groups"]]
+    old["param_groups"] = [
+        {("seed_step" if k == "upstream_step" else k): v for k, v in g.items()} for g in old["param_groups"]
+    ]
     opt2 = AdamW([torch.nn.Parameter(p.detach().clone()) for p in a], lr=1e-2, correct_bias=False)
     opt2.load_state_dict(old)
     assert opt2.param_groups[0]["upstream_step"] == 1 and "seed_step" not in opt2.param_groups[0]
@@ -125,7 +128,8 @@ def test_no_decay_bias_groups_biases_and_layer_norms():
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert {names[id(p)] for p in no_decay["params"]} == {
-        n for n in names.values() if n.endswith(".bias") or ".ln_" in n}
+        n for n in names.values() if n.endswith(".bias") or ".ln_" in n
+    }
     assert len(param_groups(model, 0.01, no_decay_bias=False)) == 1
     apply_lora(model, LoRAConfig(r=2))
     mark_only_lora_as_trainable(model)
@@ -147,11 +151,14 @@ def lrs(name, warmup, total, steps, **kw):
 
 def test_schedules_follow_the_seed():
     # get_linear_schedule_with_warmup(500 -> 4, 10): t / warmup, then (total - t) / (total - warmup)
-    assert lrs("linear", 4, 10, 12) == pytest.approx([0.1 * x for x in (0, .25, .5, .75, 1, 5 / 6, 4 / 6, .5, 2 / 6, 1 / 6, 0, 0)])
+    assert lrs("linear", 4, 10, 12) == pytest.approx(
+        [0.1 * x for x in (0, 0.25, 0.5, 0.75, 1, 5 / 6, 4 / 6, 0.5, 2 / 6, 1 / 6, 0, 0)]
+    )
     assert lrs("constant", 2, 10, 5) == pytest.approx([0, 0.05, 0.1, 0.1, 0.1])
     # CosineAnnealingWarmupRestarts: warmup, then 0.5 (1 + cos(pi t / total)) over [0, total]
     assert lrs("cosine", 2, 8, 10) == pytest.approx(
-        [0, 0.05] + [0.1 * 0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(2, 9)] + [0])
+        [0, 0.05] + [0.1 * 0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(2, 9)] + [0]
+    )
     # CyclicScheduler: linear between (i_steps, i_lrs) points (with its 1e-6 in the denominator)
     got = lrs("cycle", 0, 4, 6, i_steps="0,2,4", i_lrs="0.0,0.2,0.1")
     assert got == pytest.approx([0, 0.1, 0.2, 0.15, 0.1, 0.1], rel=1e-5)
@@ -181,7 +188,7 @@ def test_loss_at_completion_positions_equals_the_seeds_full_logit_loss(label_smo
     lengths = [12, 9, 7]
     mask = torch.zeros(3, 12)
     for b, (n, start) in enumerate(zip(lengths, [5, 3, 2])):
-        mask[b, start:n - 1] = 1.0
+        mask[b, start : n - 1] = 1.0
     batch = dict(input_ids=ids, labels=torch.roll(ids, -1, dims=1), loss_mask=mask)
     ours = token_loss_sum(model, batch, label_smooth, contextlib.nullcontext)
     ours.backward()

@@ -3,6 +3,7 @@
 The tests check that our readers of the official raw files give the pairs upstream's
 ``data/e2e/*.txt`` and WebNLG JSON give. Not a test module.
 """
+
 import json
 
 from lora_nlg.data.raw import Pair, _nonempty, _triples_context, read_text
@@ -42,7 +43,7 @@ def read_webnlg_upstream_json(path):
         where = f"{name} entry {i}"
         entry = item.get(str(i)) if isinstance(item, dict) else None
         if not isinstance(entry, dict):
-            raise FormatError(f"{where}: expected {{\"{i}\": ENTRY}}")
+            raise FormatError(f'{where}: expected {{"{i}": ENTRY}}')
         for field in ("category", "modifiedtripleset", "lexicalisations"):
             if field not in entry:
                 raise FormatError(f"{where}: missing field {field!r}")

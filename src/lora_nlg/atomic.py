@@ -1,4 +1,5 @@
 """Write files atomically: a failure never leaves a half-written file behind."""
+
 import contextlib
 import os
 import tempfile

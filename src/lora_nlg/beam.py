@@ -38,6 +38,7 @@ What is new is only faster, never different in result:
 - the n-gram ban and the repetition penalty are tensor operations over all rows at once;
 - each step ranks each beam's ``beam`` best tokens rather than all ``beam x vocab`` continuations.
 """
+
 import dataclasses
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -101,6 +102,7 @@ class Hypothesis:
 # ----------------------------------------------------------------------------------------------
 # Logit processors: every row at once, no Python loop over hypotheses.
 
+
 def ngram_repeats(seq: torch.Tensor, valid: torch.Tensor, n: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """(tokens, hit), both (R, L - n + 1): row r must not generate ``tokens[r, j]`` where
     ``hit[r, j]``, since that would repeat an n-gram of ``seq``; None when nothing can repeat.
@@ -112,7 +114,7 @@ def ngram_repeats(seq: torch.Tensor, valid: torch.Tensor, n: int) -> Optional[Tu
     if n < 1 or L < n:
         return None
     grams = seq.unfold(1, n, 1)  # (R, L - n + 1, n)
-    suffix = seq[:, L - n + 1:]  # (R, n - 1): what the next token would extend
+    suffix = seq[:, L - n + 1 :]  # (R, n - 1): what the next token would extend
     hit = (grams[:, :, :-1] == suffix[:, None, :]).all(-1)  # (R, L - n + 1)
     hit &= valid[:, : L - n + 1]  # with left padding, a valid first token means a valid n-gram
     return grams[:, :, -1], hit
@@ -133,7 +135,9 @@ def ban_ngrams_(logits: torch.Tensor, seq: torch.Tensor, valid: torch.Tensor, n:
     return logits
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seq: torch.Tensor, valid: torch.Tensor, penalty: float) -> torch.Tensor:
+def apply_repetition_penalty(
+    logits: torch.Tensor, seq: torch.Tensor, valid: torch.Tensor, penalty: float
+) -> torch.Tensor:
     """CTRL (Keskar et al. 2019): a logit of a token present in ``seq`` is multiplied by
     ``penalty`` if negative, divided by it otherwise. logits: (R, V); seq, valid: (R, L)."""
     R, V = logits.shape
@@ -157,8 +161,9 @@ def process_logits(logits, gen, prompt, prompt_mask, t: int, s: BeamSettings, st
         return gen[:, :t], ones
 
     if s.repetition_penalty != 1.0:
-        logits = apply_repetition_penalty(logits, *history(s.include_prompt_in_repetition_penalty),
-                                          s.repetition_penalty)
+        logits = apply_repetition_penalty(
+            logits, *history(s.include_prompt_in_repetition_penalty), s.repetition_penalty
+        )
     if t < s.min_length and stop.numel():
         logits.index_fill_(1, stop, NEG_INF)
     if s.no_repeat_ngram_size > 0:
@@ -168,6 +173,7 @@ def process_logits(logits, gen, prompt, prompt_mask, t: int, s: BeamSettings, st
 
 # ----------------------------------------------------------------------------------------------
 # The search
+
 
 def _device(model):
     return model.transformer.wte.weight.device
@@ -180,8 +186,8 @@ def left_pad(prompts, device=None, pad_id: int = 0):
     ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), P, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[i, P - len(p):] = True
+        ids[i, P - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, P - len(p) :] = True
     return ids.to(device), mask.to(device)
 
 
@@ -199,7 +205,7 @@ class _Finished:
         ``T`` cap) replace an input's best when they score higher."""
         length = t + 1
         done_now = (is_stop | torch.isfinite(values)) if length == T else is_stop
-        fin = torch.where(done_now, values / length ** lp, NEG_INF)
+        fin = torch.where(done_now, values / length**lp, NEG_INF)
         top, k = fin.max(dim=1)  # first of equal maxima: upstream's strict ">" in topk order
         better = top > self.score[alive]
         if bool(better.any()):
@@ -223,7 +229,7 @@ class _Finished:
     def hypotheses(self) -> List[Hypothesis]:
         score, tokens = self.score.cpu(), self.tokens.cpu()
         length, stopped = self.length.tolist(), self.stopped.tolist()
-        return [Hypothesis(tokens[i, :length[i]].tolist(), float(score[i]), stopped[i]) for i in range(len(length))]
+        return [Hypothesis(tokens[i, : length[i]].tolist(), float(score[i]), stopped[i]) for i in range(len(length))]
 
 
 def _step_logits(model, t: int, gen, slot_of, alive, cache, prompt_mask, prompt_len, row_prompt, row_mask):
@@ -241,8 +247,7 @@ def _step_logits(model, t: int, gen, slot_of, alive, cache, prompt_mask, prompt_
     P = prompt_mask.shape[1]
     mask = torch.cat([prompt_mask[alive, None, :].expand(n, K, P), sees], 2)  # (n, K, P + t*K)
     position = (prompt_len[alive] + t - 1)[:, None].expand(n, K)
-    return model(gen[:, t - 1].view(n, K), visibility=mask[:, None], position_ids=position,
-                 cache=cache).view(n * K, -1)
+    return model(gen[:, t - 1].view(n, K), visibility=mask[:, None], position_ids=position, cache=cache).view(n * K, -1)
 
 
 @torch.no_grad()
@@ -254,7 +259,9 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
     prompt, prompt_mask = left_pad(prompts, device)  # (N, P)
     P = prompt.shape[1]
     if P + T > model.config.n_positions:
-        raise ValueError(f"prompt of {P} tokens + eval_len {T} exceeds the model's {model.config.n_positions} positions")
+        raise ValueError(
+            f"prompt of {P} tokens + eval_len {T} exceeds the model's {model.config.n_positions} positions"
+        )
     # A stop id outside the vocabulary (50256 with a toy model) can never be generated.
     stop = torch.tensor([i for i in s.stop_ids if 0 <= i < V], dtype=torch.long, device=device)
     best = _Finished(N, T, torch.promote_types(model.transformer.wte.weight.dtype, torch.float32), device)
@@ -279,8 +286,9 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
         if t > 0:
             logits = _step_logits(model, t, gen, slot_of, alive, cache, prompt_mask, prompt_len, row_prompt, row_mask)
         # float32 at least (float64 stays float64: the tests compare against brute force)
-        logits = process_logits(logits.to(torch.promote_types(logits.dtype, torch.float32)),
-                                gen, row_prompt, row_mask, t, s, stop)
+        logits = process_logits(
+            logits.to(torch.promote_types(logits.dtype, torch.float32)), gen, row_prompt, row_mask, t, s, stop
+        )
         logprobs = F.log_softmax(logits, dim=-1)  # (rows, V)
         n = alive.numel()
         if t == 0:
@@ -321,8 +329,12 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
     return best.hypotheses()
 
 
-def beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings,
-                progress: Optional[Callable[[int, int], None]] = None) -> List[Hypothesis]:
+def beam_search(
+    model,
+    prompts: Sequence[Sequence[int]],
+    settings: BeamSettings,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> List[Hypothesis]:
     """Decode every prompt (lists of token ids); results in the order of ``prompts``.
 
     Prompts are sorted by length (longest first) and decoded ``settings.batch_size`` at a time, so
@@ -336,7 +348,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings,
     out: List[Optional[Hypothesis]] = [None] * len(prompts)
     try:
         for start in range(0, len(order), settings.batch_size):
-            chunk = order[start:start + settings.batch_size]
+            chunk = order[start : start + settings.batch_size]
             for i, hyp in zip(chunk, search_batch(model, [prompts[i] for i in chunk], settings)):
                 out[i] = hyp
             if progress is not None:

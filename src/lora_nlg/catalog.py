@@ -9,6 +9,7 @@ metrics ``eval/eval.sh`` reports, which BLEU the dev-set model selection uses (t
 official protocol reports), what the paper protocol does to references, and the LoRA paper's test
 results on GPT-2 M and L.
 """
+
 import dataclasses
 import sys
 from typing import Dict, Optional, Tuple
@@ -37,46 +38,81 @@ class Dataset:
 
 # The 10 WebNLG 2017 categories of the training set; the test set's other 5 are "unseen".
 SEEN_CATEGORIES = frozenset(
-    ["Airport", "Astronaut", "Building", "City", "ComicsCharacter",
-     "Food", "Monument", "SportsTeam", "University", "WrittenWork"]
+    [
+        "Airport",
+        "Astronaut",
+        "Building",
+        "City",
+        "ComicsCharacter",
+        "Food",
+        "Monument",
+        "SportsTeam",
+        "University",
+        "WrittenWork",
+    ]
 )
 
 # The LoRA paper's figures (Hu et al. 2021, Tables 3 and 13/14): E2E BLEU/METEOR/ROUGE_L x 100,
 # WebNLG/DART BLEU 0..100, METEOR/TER 0..1.
 DATASETS = {
     "e2e": Dataset(
-        name="e2e", folder="e2e", reader="e2e_csv",
+        name="e2e",
+        folder="e2e",
+        reader="e2e_csv",
         splits={"train": "e2e/trainset.csv", "valid": "e2e/devset.csv", "test": "e2e/testset_w_refs.csv"},
-        metrics=("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"), dev_bleu="mteval",
-        paper_max_references=None, paper_lower_tokenize=False,
+        metrics=("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"),
+        dev_bleu="mteval",
+        paper_max_references=None,
+        paper_lower_tokenize=False,
         paper_results={
             "gpt2.md": {"all": {"BLEU": 70.4, "NIST": 8.85, "METEOR": 46.8, "ROUGE_L": 71.8, "CIDEr": 2.53}},
             "gpt2.lg": {"all": {"BLEU": 70.4, "NIST": 8.89, "METEOR": 46.8, "ROUGE_L": 72.0, "CIDEr": 2.47}},
-        }),
+        },
+    ),
     "webnlg": Dataset(
-        name="webnlg", folder="webnlg_challenge_2017", reader="webnlg_xml",
-        splits={"train": "webnlg_challenge_2017/train/*/*.xml", "valid": "webnlg_challenge_2017/dev/*/*.xml",
-                "test": "webnlg_challenge_2017/test/testdata_with_lex.xml"},
-        metrics=("BLEU", "METEOR", "TER"), dev_bleu="multi-bleu-detok",
-        paper_max_references=6, paper_lower_tokenize=True,
+        name="webnlg",
+        folder="webnlg_challenge_2017",
+        reader="webnlg_xml",
+        splits={
+            "train": "webnlg_challenge_2017/train/*/*.xml",
+            "valid": "webnlg_challenge_2017/dev/*/*.xml",
+            "test": "webnlg_challenge_2017/test/testdata_with_lex.xml",
+        },
+        metrics=("BLEU", "METEOR", "TER"),
+        dev_bleu="multi-bleu-detok",
+        paper_max_references=6,
+        paper_lower_tokenize=True,
         paper_results={
-            "gpt2.md": {"all": {"BLEU": 55.3, "METEOR": 0.41, "TER": 0.39},
-                        "seen": {"BLEU": 62.1, "METEOR": 0.44, "TER": 0.33},
-                        "unseen": {"BLEU": 46.7, "METEOR": 0.38, "TER": 0.46}},
-            "gpt2.lg": {"all": {"BLEU": 57.0, "METEOR": 0.42, "TER": 0.38},
-                        "seen": {"BLEU": 64.0, "METEOR": 0.45, "TER": 0.32},
-                        "unseen": {"BLEU": 48.4, "METEOR": 0.39, "TER": 0.45}},
-        }),
+            "gpt2.md": {
+                "all": {"BLEU": 55.3, "METEOR": 0.41, "TER": 0.39},
+                "seen": {"BLEU": 62.1, "METEOR": 0.44, "TER": 0.33},
+                "unseen": {"BLEU": 46.7, "METEOR": 0.38, "TER": 0.46},
+            },
+            "gpt2.lg": {
+                "all": {"BLEU": 57.0, "METEOR": 0.42, "TER": 0.38},
+                "seen": {"BLEU": 64.0, "METEOR": 0.45, "TER": 0.32},
+                "unseen": {"BLEU": 48.4, "METEOR": 0.39, "TER": 0.45},
+            },
+        },
+    ),
     "dart": Dataset(
-        name="dart", folder="dart", reader="dart_json",
-        splits={"train": "dart/dart-v1.1.1-full-train.json", "valid": "dart/dart-v1.1.1-full-dev.json",
-                "test": "dart/dart-v1.1.1-full-test.json"},
-        metrics=("BLEU", "METEOR", "TER"), dev_bleu="multi-bleu-detok",
-        paper_max_references=6, paper_lower_tokenize=True,
+        name="dart",
+        folder="dart",
+        reader="dart_json",
+        splits={
+            "train": "dart/dart-v1.1.1-full-train.json",
+            "valid": "dart/dart-v1.1.1-full-dev.json",
+            "test": "dart/dart-v1.1.1-full-test.json",
+        },
+        metrics=("BLEU", "METEOR", "TER"),
+        dev_bleu="multi-bleu-detok",
+        paper_max_references=6,
+        paper_lower_tokenize=True,
         paper_results={
             "gpt2.md": {"all": {"BLEU": 47.1, "METEOR": 0.39, "TER": 0.46}},
             "gpt2.lg": {"all": {"BLEU": 47.5, "METEOR": 0.39, "TER": 0.45}},
-        }),
+        },
+    ),
 }
 
 # Model card -> the Hugging Face Hub repository of its pretrained weights (gpt2.tiny has none).
@@ -107,8 +143,9 @@ def main(argv=None) -> int:
     print(f"FOLDER={DATASETS[args[0]].folder}")
     if len(args) == 2:
         if args[1] not in GPT2_SIZES:
-            print(f"catalog: error: unknown model card {args[1]!r}; choose from {', '.join(GPT2_SIZES)}",
-                  file=sys.stderr)
+            print(
+                f"catalog: error: unknown model card {args[1]!r}; choose from {', '.join(GPT2_SIZES)}", file=sys.stderr
+            )
             return 2
         print(f"HUB_DIR={hub_folder(args[1]) if args[1] in HUB_NAMES else ''}")
     return 0

@@ -9,6 +9,7 @@ A field made with ``positional(...)`` is a positional argument instead; ``aliase
 field more option strings (older spellings such as ``--data-dir``), each meaning the field itself
 or, given as ``(alias, value)``, setting it to a fixed value (``("-p", "python")``).
 """
+
 import argparse
 import ast
 import dataclasses
@@ -63,9 +64,13 @@ def field_docs(cls) -> Dict[str, str]:
             continue
         body = tree.body[0].body
         for node, nxt in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
-                    and isinstance(nxt.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(getattr(nxt, "value", None), ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -117,19 +122,29 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp, help_:
     for alias in f.metadata.get("aliases", ()):
         if not isinstance(alias, str):
             flag, value = alias
-            parser.add_argument(flag, dest=f.name, action="store_const", const=value, default=argparse.SUPPRESS,
-                                help=f"the same as --{f.name} {value}")
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action="store_const",
+                const=value,
+                default=argparse.SUPPRESS,
+                help=f"the same as --{f.name} {value}",
+            )
 
 
 def build_parser(cls, prog: Optional[str] = None, description: Optional[str] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
-                                     allow_abbrev=False)  # a typo must not pick a flag silently
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description or (cls.__doc__ or "").strip(), allow_abbrev=False
+    )  # a typo must not pick a flag silently
     parser.add_argument("--config", default=None, help="YAML file with any of the fields below; flags override it")
     hints = typing.get_type_hints(cls, include_extras=False)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         doc = docs.get(f.name, "")
         _add_field(parser, f, hints[f.name], doc if "(default:" in doc else f"{doc} (default: {default!r})".strip())
     return parser
@@ -179,8 +194,12 @@ def load_config_file(cls, path: str) -> Dict[str, Any]:
     return {k: _coerce(v, hints[k], f"{path}: key {k!r}") for k, v in data.items()}
 
 
-def parse_config(cls: Type[T], argv: Optional[List[str]] = None, prog: Optional[str] = None,
-                 defaults: Optional[Dict[str, Any]] = None) -> T:
+def parse_config(
+    cls: Type[T],
+    argv: Optional[List[str]] = None,
+    prog: Optional[str] = None,
+    defaults: Optional[Dict[str, Any]] = None,
+) -> T:
     """Parse ``argv`` into ``cls``: dataclass defaults < ``defaults`` < ``--config`` file < flags."""
     parser = build_parser(cls, prog=prog)
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -190,8 +209,10 @@ def parse_config(cls: Type[T], argv: Optional[List[str]] = None, prog: Optional[
         values.update(load_config_file(cls, config_path))
     values.update({k: v for k, v in vars(ns).items() if v is not _OMITTED and v != [_OMITTED]})
     hints = typing.get_type_hints(cls)
-    values = {k: (tuple(v) if isinstance(v, list) and typing.get_origin(_unwrap_optional(hints[k])) is tuple else v)
-              for k, v in values.items()}
+    values = {
+        k: (tuple(v) if isinstance(v, list) and typing.get_origin(_unwrap_optional(hints[k])) is tuple else v)
+        for k, v in values.items()
+    }
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:

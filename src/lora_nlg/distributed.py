@@ -4,6 +4,7 @@
 environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ...) sets everything. The local rank picks
 the GPU; the global rank picks the data shard (they differ on several nodes).
 """
+
 import dataclasses
 import datetime
 import os

@@ -1,4 +1,5 @@
 """Reading jsonl files whose errors name the file and the line (``file:line: ...``)."""
+
 import json
 from typing import Iterable, Iterator, Tuple
 

@@ -15,6 +15,7 @@ from B with zero rows for disabled slices: a rank-sized product, never a full de
 Merging is explicit and reversible (``merge_lora`` / ``unmerge_lora``, both idempotent); a merged
 model computes the same function at the cost of the base model alone.
 """
+
 import dataclasses
 import math
 from typing import Dict, Sequence, Tuple
@@ -85,8 +86,17 @@ class LoRALinear(nn.Module):
     ``bias`` only records which biases train with this adapter (``LoRAConfig.bias``), so that the
     layers alone describe the adapter (``lora_config_of``)."""
 
-    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, enable: Sequence[bool] = (True,),
-                 dropout: float = 0.0, scaling_rule: str = "alpha/r", init: str = "kaiming", bias: str = "none"):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        r: int,
+        alpha: float,
+        enable: Sequence[bool] = (True,),
+        dropout: float = 0.0,
+        scaling_rule: str = "alpha/r",
+        init: str = "kaiming",
+        bias: str = "none",
+    ):
         super().__init__()
         out_features, in_features = base_layer.weight.shape
         if out_features % len(enable) != 0:
@@ -104,8 +114,11 @@ class LoRALinear(nn.Module):
         # Output row -> row of block_diag(B_1..B_n), or the extra zero row for disabled slices.
         rows, j = [], 0
         for e in self.enable:
-            rows.append(torch.arange(j * self.out_slice, (j + 1) * self.out_slice) if e
-                        else torch.full((self.out_slice,), n * self.out_slice))
+            rows.append(
+                torch.arange(j * self.out_slice, (j + 1) * self.out_slice)
+                if e
+                else torch.full((self.out_slice,), n * self.out_slice)
+            )
             j += e
         self.register_buffer("_rows", torch.cat(rows).to(w.device), persistent=False)
         self.merged = False
@@ -138,8 +151,9 @@ class LoRALinear(nn.Module):
             return y
         a = self.lora_dropout(x) @ self.lora_A.t()  # (..., n * r)
         # y + scaling * a B^T as one addmm: no separate scale and add passes over y.
-        out = torch.addmm(y.reshape(-1, y.shape[-1]), a.reshape(-1, a.shape[-1]), self._b_full().t(),
-                          alpha=self.scaling)
+        out = torch.addmm(
+            y.reshape(-1, y.shape[-1]), a.reshape(-1, a.shape[-1]), self._b_full().t(), alpha=self.scaling
+        )
         return out.view(y.shape)
 
     @torch.no_grad()
@@ -179,8 +193,9 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
             base = getattr(parent, name)
             if isinstance(base, LoRALinear):
                 raise ValueError(f"{path} already has LoRA")
-            lora = LoRALinear(base, config.r, config.alpha, enable, config.dropout,
-                              config.scaling_rule, config.init, config.bias)
+            lora = LoRALinear(
+                base, config.r, config.alpha, enable, config.dropout, config.scaling_rule, config.init, config.bias
+            )
             # A new module starts in training mode: follow the wrapped layer, so that LoRA put on a
             # model in eval mode does not drop out.
             setattr(parent, name, lora.train(base.training))
@@ -201,7 +216,8 @@ def lora_config_of(model: nn.Module) -> LoRAConfig:
         dropout = m.lora_dropout.p if isinstance(m.lora_dropout, nn.Dropout) else 0.0
         settings.add((m.r, m.alpha, m.scaling_rule, dropout, m.init, m.bias))
         by_block.setdefault(block, set()).update(
-            t for t, (p, s) in TARGETS.items() if p == path and (s is None or m.enable[s]))
+            t for t, (p, s) in TARGETS.items() if p == path and (s is None or m.enable[s])
+        )
     if not settings:
         raise ValueError("the model has no LoRA layers")
     if len(settings) > 1:
@@ -210,8 +226,15 @@ def lora_config_of(model: nn.Module) -> LoRAConfig:
         raise ValueError(f"LoRA covers different targets in different blocks: {by_block}")
     r, alpha, rule, dropout, init, bias = settings.pop()
     targets = next(iter(by_block.values()))
-    return LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(t for t in TARGETS if t in targets),
-                      scaling_rule=rule, init=init, bias=bias)
+    return LoRAConfig(
+        r=r,
+        alpha=alpha,
+        dropout=dropout,
+        targets=tuple(t for t in TARGETS if t in targets),
+        scaling_rule=rule,
+        init=init,
+        bias=bias,
+    )
 
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:

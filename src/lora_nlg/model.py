@@ -13,6 +13,7 @@ Differences from microsoft/LoRA's ``model.py`` worth knowing:
   queries start at the first selected column, its ``c_proj`` and MLP run on the selected
   positions only (context tokens only give keys and values there).
 """
+
 import dataclasses
 import math
 from typing import Optional
@@ -86,8 +87,8 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} needed")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -125,7 +126,9 @@ class Attention(nn.Module):
             else:
                 attn_mask = attn_mask[..., t0:, :]
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=attn_mask,
             is_causal=attn_mask is None,
             dropout_p=self.attn_pdrop if self.training else 0.0,
@@ -171,8 +174,15 @@ class GPT2Model(nn.Module):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: Optional[KVCache] = None,
-                output_mask=None, visibility=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        cache: Optional[KVCache] = None,
+        output_mask=None,
+        visibility=None,
+    ):
         """Hidden states (B, T, C); or, with a boolean ``output_mask`` (B, T), those of its N
         positions (N, C) in row-major order, the last block computing no others.
 
@@ -193,7 +203,7 @@ class GPT2Model(nn.Module):
         else:
             if position_ids is None:
                 if attention_mask is not None:
-                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
+                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past : past + T]
                 else:
                     position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
             attn_mask = None
@@ -246,13 +256,11 @@ class GPT2LMModel(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.transformer.wte.weight)  # (..., V)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, output_mask=None,
-                visibility=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, output_mask=None, visibility=None):
         """Logits (B, T, V); or, with a boolean ``output_mask`` (B, T), logits (N, V) of the N
         selected positions in row-major order, so the LM head runs only where a loss is taken.
         Arguments: ``GPT2Model.forward``."""
-        return self.lm_logits(self.transformer(input_ids, attention_mask, position_ids, cache, output_mask,
-                                               visibility))
+        return self.lm_logits(self.transformer(input_ids, attention_mask, position_ids, cache, output_mask, visibility))
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         p = self.transformer.wte.weight

@@ -7,6 +7,7 @@
   torchrun each rank takes a disjoint slice of every global batch, and every rank gets the
   same number of steps.
 """
+
 import logging
 
 import numpy as np
@@ -38,8 +39,14 @@ class FTDataset(torch.utils.data.Dataset):
         self._lengths = [min(n, seq_len) for n in full]
         self.n_truncated = sum(n > seq_len for n in full)
         if self.n_truncated:
-            logger.warning("%d of %d sequences are longer than seq_len=%d: kept their first %d tokens (longest: %d)",
-                           self.n_truncated, len(examples), seq_len, seq_len, max(full))
+            logger.warning(
+                "%d of %d sequences are longer than seq_len=%d: kept their first %d tokens (longest: %d)",
+                self.n_truncated,
+                len(examples),
+                seq_len,
+                seq_len,
+                max(full),
+            )
 
     def __len__(self):
         return len(self.examples)
@@ -98,8 +105,10 @@ class BucketBatchSampler:
 
     def __init__(self, lengths, batch_size, world_size=1, rank=0, seed=0, shuffle=True, chunk_batches=100):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or chunk_batches < 1:
-            raise ValueError(f"need batch_size >= 1, world_size >= 1, 0 <= rank < world_size, chunk_batches >= 1; "
-                             f"got {batch_size}, {world_size}, {rank}, {chunk_batches}")
+            raise ValueError(
+                f"need batch_size >= 1, world_size >= 1, 0 <= rank < world_size, chunk_batches >= 1; "
+                f"got {batch_size}, {world_size}, {rank}, {chunk_batches}"
+            )
         if len(lengths) < world_size:
             raise ValueError(f"{len(lengths)} examples cannot give each of {world_size} ranks a batch")
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -135,9 +144,9 @@ class BucketBatchSampler:
             chunk = G * self.chunk_batches
             batches = []
             for s in range(0, n, chunk):
-                idx = order[s: s + chunk]
+                idx = order[s : s + chunk]
                 idx = idx[np.argsort(self.lengths[idx], kind="stable")]
-                batches += [idx[i: i + G] for i in range(0, len(idx), G)]
+                batches += [idx[i : i + G] for i in range(0, len(idx), G)]
             batches = [batches[i] for i in rng.permutation(len(batches))]
         small = [k for k, b in enumerate(batches) if len(b) < G]
         if small and len(batches) > 1 and len(batches[small[0]]) < self.world_size:
@@ -156,9 +165,15 @@ class BucketBatchSampler:
         self.step = 0
 
     def state_dict(self):
-        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "n": len(self.lengths),
-                "global_batch_size": self.global_batch_size, "shuffle": self.shuffle,
-                "chunk_batches": self.chunk_batches}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "seed": self.seed,
+            "n": len(self.lengths),
+            "global_batch_size": self.global_batch_size,
+            "shuffle": self.shuffle,
+            "chunk_batches": self.chunk_batches,
+        }
 
     def load_state_dict(self, d):
         """Resume where `d` was taken: the next `__iter__` skips the batches already consumed. Any

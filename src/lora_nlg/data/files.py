@@ -11,6 +11,7 @@ and upstream's clean-up of generated text.
 
 Readers raise ``FormatError`` naming ``file:line`` and the field.
 """
+
 import json
 import re
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -43,6 +44,7 @@ def _nonempty_string(value) -> bool:
 
 # ------------------------------------------------------------------------------------- formatted
 
+
 class Formatted(NamedTuple):
     where: str  # file:line
     context: str
@@ -69,11 +71,13 @@ def read_formatted(path) -> List[Formatted]:
 
 def write_formatted(path, rows: Iterable[Tuple[str, str, Optional[bool]]]) -> None:
     """(context, completion, seen or None) per line."""
-    write_jsonl(path, ({"context": c, "completion": t, **({} if seen is None else {"cate": seen})}
-                       for c, t, seen in rows))
+    write_jsonl(
+        path, ({"context": c, "completion": t, **({} if seen is None else {"cate": seen})} for c, t, seen in rows)
+    )
 
 
 # --------------------------------------------------------------------------------------- encoded
+
 
 def read_encoded(path) -> List[Tuple[List[int], List[int]]]:
     """(context ids, completion ids) per line, in file order."""
@@ -84,7 +88,9 @@ def read_encoded(path) -> List[Tuple[List[int], List[int]]]:
             if field not in item:
                 raise FormatError(f"{path}:{line_no}: missing field '{field}' (expected 'context' and 'completion')")
             if not _is_ids(item[field]) or not item[field]:
-                raise FormatError(f"{path}:{line_no}: field '{field}' must be a non-empty list of token ids (ints >= 0)")
+                raise FormatError(
+                    f"{path}:{line_no}: field '{field}' must be a non-empty list of token ids (ints >= 0)"
+                )
             pair.append(item[field])
         examples.append(tuple(pair))
     return examples
@@ -100,8 +106,10 @@ _UNIQUE_CHECKS = {
     "id": (lambda v: type(v) is int, "an int"),
     "context": (lambda v: isinstance(v, str), "a string"),
     "context_ids": (lambda v: _is_ids(v) and bool(v), "a non-empty list of token ids"),
-    "references": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(r, str) for r in v),
-                   "a non-empty list of strings"),
+    "references": (
+        lambda v: isinstance(v, list) and bool(v) and all(isinstance(r, str) for r in v),
+        "a non-empty list of strings",
+    ),
 }
 
 
@@ -136,6 +144,7 @@ def write_unique(path, records: Iterable[dict]) -> None:
 
 # ----------------------------------------------------------------------------------- predictions
 
+
 def read_predictions(path, vocab: Optional[str] = None) -> List[Tuple[int, str]]:
     """(id, text stripped) per line, in file order; upstream's ``"predict"`` ids are decoded with
     the GPT-2 vocabulary ``vocab`` (default: ``default_vocab_dir()``) and cut as upstream did."""
@@ -163,8 +172,9 @@ def read_predictions(path, vocab: Optional[str] = None) -> List[Tuple[int, str]]
                 tokenizer = GPT2Tokenizer.from_dir(vocab)
             text = upstream_cut(tokenizer.decode(item["predict"]))
         else:
-            raise FormatError(f"{where}: field 'text' is missing (expected gpt2_beam.py's 'text' or "
-                              f"upstream's 'predict')")
+            raise FormatError(
+                f"{where}: field 'text' is missing (expected gpt2_beam.py's 'text' or upstream's 'predict')"
+            )
         out.append((item["id"], text.strip()))
     return out
 
@@ -175,6 +185,7 @@ def write_predictions(path, rows: Iterable[Tuple[int, List[int], str]]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- write
+
 
 def write_jsonl(path, records: Iterable[dict], ensure_ascii: bool = True) -> None:
     """One ``json.dumps(record)`` per line (upstream's separators; ASCII escapes unless

@@ -15,10 +15,10 @@ The vocabulary goes to `data/gpt2-vocab/`. A dataset is rebuilt only when its ra
 vocabulary, the options or this code changed (`data/<ds>/.prepared.json` records what it was
 built from). Every output is written to a temporary file and renamed.
 """
+
 import fnmatch
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -66,17 +66,25 @@ def encode_pairs(tokenizer, pairs):
 def write_split(out_dir, split, pairs, tokenizer):
     """Write the split's formatted, encoded and (valid/test) unique files; return the input count."""
     encoded, context_ids = encode_pairs(tokenizer, pairs)
-    files.write_formatted(out_dir / f"{split}_formatted.jsonl",
-                          ((p.context, p.completion, None if p.category is None else p.category in SEEN_CATEGORIES)
-                           for p in pairs))
+    files.write_formatted(
+        out_dir / f"{split}_formatted.jsonl",
+        ((p.context, p.completion, None if p.category is None else p.category in SEEN_CATEGORIES) for p in pairs),
+    )
     files.write_encoded(out_dir / f"{split}.jsonl", encoded)
     inputs = D.unique_inputs(pairs)
     if split in UNIQUE_SPLITS:
         files.write_unique(
             out_dir / f"{split}_unique.jsonl",
-            ({"id": r["id"], "context": r["context"], "context_ids": context_ids[r["context"]],
-              "references": r["references"], **{k: r[k] for k in ("category", "seen") if k in r}}
-             for r in inputs),
+            (
+                {
+                    "id": r["id"],
+                    "context": r["context"],
+                    "context_ids": context_ids[r["context"]],
+                    "references": r["references"],
+                    **{k: r[k] for k in ("category", "seen") if k in r},
+                }
+                for r in inputs
+            ),
         )
     return len(inputs)
 
@@ -158,8 +166,9 @@ def prepare_dataset(name, data_dir, sources, mirror, download, tokenizer_dir, vo
         for where in getattr(pairs, "dropped", []):
             log(f"WARNING: {name} {split}: dropped an empty reference at {where}")
         n_inputs = write_split(out_dir, split, pairs, tokenizer)
-        log(f"{name} {split}: {len(pairs):,} pairs, {n_inputs:,} inputs -> {out_dir} "
-            f"({time.perf_counter() - t0:.1f} s)")
+        log(
+            f"{name} {split}: {len(pairs):,} pairs, {n_inputs:,} inputs -> {out_dir} ({time.perf_counter() - t0:.1f} s)"
+        )
     with atomic_write(stamp_path) as f:
         json.dump(stamp, f, indent=1, sort_keys=True)
     return list(missing.items())
@@ -207,8 +216,9 @@ def main(argv=None):
         vocab_dir, vocab_shas = obtain_vocab(data_dir, sources, mirror, download, log)
         unavailable = []
         for name in names:
-            for split, reason in prepare_dataset(name, data_dir, sources, mirror, download, vocab_dir,
-                                                 vocab_shas, opts, args.force, log):
+            for split, reason in prepare_dataset(
+                name, data_dir, sources, mirror, download, vocab_dir, vocab_shas, opts, args.force, log
+            ):
                 unavailable.append((name, split, reason))
     except (SourceError, FormatError) as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
@@ -217,8 +227,9 @@ def main(argv=None):
         # DART's train file is not in the shared mirror: the other splits are written; asked for
         # alone, that is an error; as part of `all`, a warning.
         level = "WARNING" if "all" in args.datasets else "ERROR"
-        print(f"{level}: {name} {split} unavailable, the other splits were written. {reason}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{level}: {name} {split} unavailable, the other splits were written. {reason}", file=sys.stderr, flush=True
+        )
     log(f"done in {time.perf_counter() - t0:.1f} s")
     return 1 if unavailable and "all" not in args.datasets else 0
 

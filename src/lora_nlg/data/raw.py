@@ -15,6 +15,7 @@ Context strings (microsoft/LoRA examples/NLG, see docs REFERENCE.md):
 Every reader fails on bad input with a `FormatError` naming the file, the line or entry, and what
 was expected.
 """
+
 import csv
 import functools
 import io
@@ -76,6 +77,7 @@ def _nonempty(text, where, what):
 # ----------------------------------------------------------------------------------------------
 # E2E
 
+
 @functools.lru_cache(maxsize=1)
 def _moses():
     from sacremoses import MosesTokenizer  # imported late: only E2E needs it
@@ -99,10 +101,10 @@ def split_sentences(text):
     sentences, start = [], 0
     for m in _SENTENCE_END.finditer(text):
         before = text[: m.start()].split()
-        after = text[m.end():].split()
+        after = text[m.end() :].split()
         if before and after and _NUMBER.fullmatch(before[-1]) and after[0][:1].islower():
             continue
-        sentences.append(text[start: m.end()].strip())
+        sentences.append(text[start : m.end()].strip())
         start = m.end()
     sentences.append(text[start:].strip())
     return [s for s in sentences if s]
@@ -157,6 +159,7 @@ def read_e2e_csv(path, text="raw"):
 # ----------------------------------------------------------------------------------------------
 # WebNLG 2017
 
+
 def _triples_context(triples):
     return " | ".join(f"{s} : {p} : {o}" for s, p, o in triples)
 
@@ -203,6 +206,7 @@ def read_webnlg_xml(paths):
 
 # ----------------------------------------------------------------------------------------------
 # DART
+
 
 class PairList(list):
     """A list of pairs that also remembers what the reader dropped (`.dropped`: where, for messages)."""
@@ -257,6 +261,7 @@ def read_dart_json(path, empty_references="error"):
 
 
 # ----------------------------------------------------------------------------------------------
+
 
 def unique_inputs(pairs):
     """One record per input, in order of first appearance (`id` = 0, 1, ...), references in order.

@@ -5,6 +5,7 @@ the mirror (e.g. `e2e/devset.csv`), with the official upstream URL and the sha25
 served there. A mirror may store a large file compressed as `KEY.xz`; its decompressed content
 must then have the recorded sha256. Downloads go to `data/cache/KEY`.
 """
+
 import hashlib
 import json
 import lzma

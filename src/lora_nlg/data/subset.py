@@ -7,6 +7,7 @@ Lines are copied byte for byte (ids, references and token ids unchanged), so pre
 copy of a ``*_unique.jsonl`` are scored against that copy with ``eval/eval.sh``. Written
 atomically.
 """
+
 import dataclasses
 import random
 import sys

@@ -9,6 +9,7 @@ words, each word's UTF-8 bytes are mapped to printable characters, and merges ar
 happens to contain it is never turned into the end-of-text id. The id is added explicitly
 (`eos_id`) where a sequence needs it.
 """
+
 import json
 import os
 from pathlib import Path

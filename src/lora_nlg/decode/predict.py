@@ -29,8 +29,8 @@ Output: ``<work_dir>/<output_file>``, one line per input sorted by id:
 where text is the decoded ids cut at the first stop token and at the first "\\n\\n", stripped.
 Written atomically by rank 0, with the resolved configuration beside it (``<name>.config.yaml``).
 """
+
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -46,13 +46,16 @@ from lora_nlg.distributed import barrier, cleanup, gather_objects, init_distribu
 from lora_nlg.jsonl import json_records
 from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora
 from lora_nlg.model import DTYPES, GPT2Config, GPT2LMModel
-from lora_nlg.weights.adapter import (apply_lora_weights, load_lora, lora_config_from_metadata,
-                                      model_config_from_metadata)
+from lora_nlg.weights.adapter import (
+    apply_lora_weights,
+    load_lora,
+    lora_config_from_metadata,
+    model_config_from_metadata,
+)
 from lora_nlg.weights.backbone import load_pretrained
 from lora_nlg.weights.layout import checkpoint_kind
 from lora_nlg.weights.tensors import CheckpointError
 from lora_nlg.weights.upstream import lora_config_from_tensors
-
 
 
 @dataclasses.dataclass
@@ -117,12 +120,18 @@ class BeamConfig:
 
     def settings(self) -> BeamSettings:
         stop = [EOS_ID] + [i for i in self.eos_token_id if i != EOS_ID]
-        return BeamSettings(beam=self.beam, eval_len=self.eval_len, length_penalty=self.length_penalty,
-                            no_repeat_ngram_size=self.no_repeat_ngram_size,
-                            repetition_penalty=self.repetition_penalty, min_length=self.min_length,
-                            stop_ids=tuple(dict.fromkeys(stop)), include_prompt_in_ngram=self.include_prompt_in_ngram,
-                            include_prompt_in_repetition_penalty=self.include_prompt_in_repetition_penalty,
-                            batch_size=self.batch_size)
+        return BeamSettings(
+            beam=self.beam,
+            eval_len=self.eval_len,
+            length_penalty=self.length_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            repetition_penalty=self.repetition_penalty,
+            min_length=self.min_length,
+            stop_ids=tuple(dict.fromkeys(stop)),
+            include_prompt_in_ngram=self.include_prompt_in_ngram,
+            include_prompt_in_repetition_penalty=self.include_prompt_in_repetition_penalty,
+            batch_size=self.batch_size,
+        )
 
 
 def _say(msg: str) -> None:
@@ -130,6 +139,7 @@ def _say(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- inputs
+
 
 def _first_record(path: str) -> Tuple[int, dict]:
     first = next(json_records(path), None)
@@ -145,8 +155,10 @@ def read_inputs(path: str) -> List[Tuple[int, List[int]]]:
         return [(r["id"], list(r["context_ids"])) for r in read_unique(path)]
     if "context" in item and isinstance(item["context"], list):
         return [(i, list(context)) for i, (context, _) in enumerate(read_encoded(path))]
-    raise ValueError(f"{path}:{line_no}: expected a *_unique.jsonl line (id, context_ids, ...) or the "
-                     f"upstream's encoded line (context and completion as token ids); found keys {sorted(item)}")
+    raise ValueError(
+        f"{path}:{line_no}: expected a *_unique.jsonl line (id, context_ids, ...) or the "
+        f"upstream's encoded line (context and completion as token ids); found keys {sorted(item)}"
+    )
 
 
 def text_of(tokenizer, token_ids: List[int], stop_ids) -> str:
@@ -157,6 +169,7 @@ def text_of(tokenizer, token_ids: List[int], stop_ids) -> str:
 
 # -------------------------------------------------------------------------------------- model
 
+
 def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]) -> LoRAConfig:
     """The LoRA config to decode with: the stored one, checked against the flags."""
     if metadata is None:
@@ -164,15 +177,18 @@ def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]
             raise CheckpointError(
                 f"{source}: stores no r or alpha (upstream's checkpoints never did), so the update's "
                 f"scale alpha / r is unknown: pass --lora_dim and --lora_alpha exactly as in training "
-                f"(the paper's recipes: --lora_dim 4 --lora_alpha 32; upstream's default alpha is 128)")
+                f"(the paper's recipes: --lora_dim 4 --lora_alpha 32; upstream's default alpha is 128)"
+            )
         lora = lora_config_from_tensors(tensors, alpha=cfg.lora_alpha)
         if lora.r != cfg.lora_dim:
             raise CheckpointError(f"{source}: the LoRA tensors have rank r={lora.r}, --lora_dim says {cfg.lora_dim}")
         return lora
     stored = lora_config_from_metadata(metadata, source)
     if cfg.lora_dim is not None and cfg.lora_dim != stored.r:
-        raise CheckpointError(f"{source}: stores r={stored.r} (the tensors' rank); --lora_dim {cfg.lora_dim} "
-                              f"contradicts it. Leave --lora_dim out to use the stored value.")
+        raise CheckpointError(
+            f"{source}: stores r={stored.r} (the tensors' rank); --lora_dim {cfg.lora_dim} "
+            f"contradicts it. Leave --lora_dim out to use the stored value."
+        )
     card = metadata.get("model_card")
     if cfg.model_card is not None and card is not None and cfg.model_card != card:
         raise CheckpointError(f"{source}: was trained on {card}; --model_card {cfg.model_card} contradicts it")
@@ -181,10 +197,13 @@ def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]
             raise CheckpointError(
                 f"{source}: stores alpha={stored.alpha:g} (scaling {stored.scaling:g}); --lora_alpha "
                 f"{cfg.lora_alpha:g} contradicts it. Leave --lora_alpha out to use the stored value, "
-                f"or add --force to decode with {cfg.lora_alpha:g} anyway.")
+                f"or add --force to decode with {cfg.lora_alpha:g} anyway."
+            )
         forced = dataclasses.replace(stored, alpha=float(cfg.lora_alpha))
-        _say(f"warning: --force: decoding with alpha={forced.alpha:g} (scaling {forced.scaling:g}) instead of "
-             f"the stored alpha={stored.alpha:g} (scaling {stored.scaling:g}) of {source}")
+        _say(
+            f"warning: --force: decoding with alpha={forced.alpha:g} (scaling {forced.scaling:g}) instead of "
+            f"the stored alpha={stored.alpha:g} (scaling {stored.scaling:g}) of {source}"
+        )
         return forced
     return stored
 
@@ -198,20 +217,25 @@ def _backbone(cfg: BeamConfig, metadata: Optional[dict], card: Optional[str], so
         else:
             config = GPT2Config.from_card(card or "gpt2.sm")
         torch.manual_seed(cfg.random_seed)
-        _say(f"warning: --random_backbone: randomly initialised weights (seed {cfg.random_seed}); "
-             f"the output means nothing beyond tests and timing")
+        _say(
+            f"warning: --random_backbone: randomly initialised weights (seed {cfg.random_seed}); "
+            f"the output means nothing beyond tests and timing"
+        )
         return GPT2LMModel(config).eval()
     path = cfg.pretrained_checkpoint
     if path is None and metadata is not None:
         path = metadata.get("init_checkpoint")
         if path and not os.path.exists(path):
-            raise CheckpointError(f"{source}: its backbone {path} (init_checkpoint in its metadata) does not "
-                                  f"exist here; pass --pretrained_checkpoint with the same GPT-2 weights")
+            raise CheckpointError(
+                f"{source}: its backbone {path} (init_checkpoint in its metadata) does not "
+                f"exist here; pass --pretrained_checkpoint with the same GPT-2 weights"
+            )
     if not path:
         raise CheckpointError(
             f"{source}: no backbone: the checkpoint names none and --pretrained_checkpoint is not given. "
             f"LoRA on a random GPT-2 decodes garbage (upstream did that silently); pass "
-            f"--pretrained_checkpoint (e.g. pretrained_checkpoints/gpt2-medium) or, for tests only, --random_backbone")
+            f"--pretrained_checkpoint (e.g. pretrained_checkpoints/gpt2-medium) or, for tests only, --random_backbone"
+        )
     return load_pretrained(path, card)
 
 
@@ -237,12 +261,15 @@ def load_decoding_model(cfg: BeamConfig, device, dtype=torch.float32) -> GPT2LMM
             apply_lora(model, dataclasses.replace(lora, dropout=0.0))
             apply_lora_weights(model, tensors)
             merge_lora(model)  # decoding then costs what the plain model costs
-            _say(f"LoRA from {path}: r={lora.r}, alpha={lora.alpha:g}, {lora.scaling_rule} -> scaling "
-                 f"{lora.scaling:g}, targets {','.join(lora.targets)}; merged into the weights")
+            _say(
+                f"LoRA from {path}: r={lora.r}, alpha={lora.alpha:g}, {lora.scaling_rule} -> scaling "
+                f"{lora.scaling:g}, targets {','.join(lora.targets)}; merged into the weights"
+            )
     return model.to(device=device, dtype=dtype).eval()
 
 
 # ---------------------------------------------------------------------------------------- run
+
 
 def run(cfg: BeamConfig) -> Optional[str]:
     """Decode ``cfg.data``; rank 0 writes the predictions and returns their path."""
@@ -268,7 +295,7 @@ def run(cfg: BeamConfig) -> Optional[str]:
             _say(f"{len(inputs)} inputs, {len(unique)} distinct prompts; rank share: {info.world_size} rank(s)")
         model = load_decoding_model(cfg, info.device, DTYPES[cfg.precision])
         order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
-        mine = order[info.rank::info.world_size]  # similar lengths on every rank
+        mine = order[info.rank :: info.world_size]  # similar lengths on every rank
         start = time.time()
 
         def progress(done, total):

@@ -36,6 +36,7 @@ Files are written so that the scorers read exactly one line per input:
 A line break inside a reference or hypothesis would shift every later line: it becomes a space.
 Every file is written atomically.
 """
+
 import dataclasses
 import os
 import re
@@ -122,6 +123,7 @@ def post_process(text: str, tokenize: bool, lower: bool) -> str:
 
 # ------------------------------------------------------------------------------------- reading
 
+
 def read_sources(path: str, ref_unique_file: Optional[str] = None) -> Tuple[List[Source], str]:
     """The input file's lines and its kind ('unique' or 'formatted')."""
     first = next(json_records(path), None)
@@ -129,15 +131,25 @@ def read_sources(path: str, ref_unique_file: Optional[str] = None) -> Tuple[List
         raise ValueError(f"{path}: empty")
     if "references" in first[1]:
         if ref_unique_file:
-            raise ValueError(f"--ref_unique_file is for upstream's *_formatted.jsonl; {path} already has one line per input")
+            raise ValueError(
+                f"--ref_unique_file is for upstream's *_formatted.jsonl; {path} already has one line per input"
+            )
         sources = []
         for line_no, item in unique_records(path, need=("id", "context", "references")):
             where = f"{path}:{line_no}"
             refs = item["references"]
             if not all(r.strip() for r in refs):
                 raise ValueError(f"{where}: 'references' must be a non-empty list of non-empty strings")
-            sources.append(Source(item["id"], item["context"], ("id", item["id"]), [r.strip() for r in refs],
-                                  item.get("seen"), f"{where} (id {item['id']})"))
+            sources.append(
+                Source(
+                    item["id"],
+                    item["context"],
+                    ("id", item["id"]),
+                    [r.strip() for r in refs],
+                    item.get("seen"),
+                    f"{where} (id {item['id']})",
+                )
+            )
         return sources, "unique"
     rows = read_formatted(path)
     groups = None
@@ -160,8 +172,10 @@ def keep_source(source: Source, which: str) -> bool:
     if which == "all":
         return True
     if source.seen is None:
-        raise ValueError(f"{source.where}: --filter {which} needs the seen/unseen flag ('seen' or 'cate'), "
-                         f"which this input lacks (WebNLG files have it)")
+        raise ValueError(
+            f"{source.where}: --filter {which} needs the seen/unseen flag ('seen' or 'cate'), "
+            f"which this input lacks (WebNLG files have it)"
+        )
     return bool(source.seen) == (which == "seen")
 
 
@@ -172,8 +186,10 @@ def build_groups(sources: List[Source], predictions: Dict[int, str], protocol: s
     known = {s.pred_id for s in sources}
     unknown = [i for i in predictions if i not in known]
     if unknown:
-        raise ValueError(f"predictions for ids the input file does not have: {unknown[:5]}"
-                         f"{' ...' if len(unknown) > 5 else ''} (is --input_file the file that was decoded?)")
+        raise ValueError(
+            f"predictions for ids the input file does not have: {unknown[:5]}"
+            f"{' ...' if len(unknown) > 5 else ''} (is --input_file the file that was decoded?)"
+        )
     groups: Dict[Hashable, Group] = {}
     source_of: Dict[int, Hashable] = {}
     for s in sources:
@@ -194,6 +210,7 @@ def build_groups(sources: List[Source], predictions: Dict[int, str], protocol: s
 
 # ------------------------------------------------------------------------------------- writing
 
+
 def write_e2e(groups: List[Group], ref_path: str, pred_path: str, tokenize: bool, lower: bool) -> None:
     """The E2E scorer's files: references grouped by blank lines (none after the last group)."""
     blocks, hyps = [], []
@@ -209,8 +226,9 @@ def write_e2e(groups: List[Group], ref_path: str, pred_path: str, tokenize: bool
         f.write("".join(hyps))
 
 
-def write_generation_eval(groups: List[Group], ref_dir: str, pred_path: str, n_refs: int,
-                          tokenize: bool, lower: bool) -> int:
+def write_generation_eval(
+    groups: List[Group], ref_dir: str, pred_path: str, n_refs: int, tokenize: bool, lower: bool
+) -> int:
     """GenerationEval's files; returns how many references did not fit in ``n_refs`` files."""
     columns = [[] for _ in range(n_refs)]
     dropped = 0
@@ -238,16 +256,24 @@ def run(cfg: DecodeConfig) -> dict:
     predictions = dict(read_predictions(cfg.sample_file, cfg.vocab))
     groups = build_groups(sources, predictions, cfg.protocol, cfg.filter)
     n_sources = sum(keep_source(s, cfg.filter) for s in sources)
-    summary = {"protocol": cfg.protocol, "input_kind": kind, "inputs": len(groups), "input_lines": n_sources,
-               "references": sum(len(g.references) for g in groups), "tokenize": cfg.tokenize, "lower": cfg.lower,
-               "filter": cfg.filter}
+    summary = {
+        "protocol": cfg.protocol,
+        "input_kind": kind,
+        "inputs": len(groups),
+        "input_lines": n_sources,
+        "references": sum(len(g.references) for g in groups),
+        "tokenize": cfg.tokenize,
+        "lower": cfg.lower,
+        "filter": cfg.filter,
+    }
     if cfg.ref_type == "e2e":
         write_e2e(groups, cfg.output_ref_file, cfg.output_pred_file, cfg.tokenize, cfg.lower)
     else:
         n_refs = cfg.ref_num if cfg.protocol == "paper" else max(len(g.references) for g in groups)
         summary["reference_files"] = n_refs
-        summary["references_dropped"] = write_generation_eval(groups, cfg.output_ref_file, cfg.output_pred_file,
-                                                              n_refs, cfg.tokenize, cfg.lower)
+        summary["references_dropped"] = write_generation_eval(
+            groups, cfg.output_ref_file, cfg.output_pred_file, n_refs, cfg.tokenize, cfg.lower
+        )
     return summary
 
 

@@ -25,6 +25,7 @@ sacrebleu's BLEU gives the same numbers (`tokenize='13a'`, `smooth_method='none'
 `None`/`''` as above; tested); statistics are computed here once per segment so that subsets
 (WebNLG all / seen / unseen) and NIST reuse them.
 """
+
 import collections
 import dataclasses
 import math
@@ -37,14 +38,25 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 _TOKENIZER_13A = Tokenizer13a()
 
 # e2e-metrics metrics/pymteval.py NGramScore.tokenize: the mteval-v13a rules, in order.
-_PYMTEVAL_ENTITIES = (("<skipped>", ""), ("-\n", ""), ("\n", " "), ("&quot;", '"'), ("&amp;", "&"),
-                      ("&lt;", "<"), ("&gt;", ">"))
-_PYMTEVAL_RULES = tuple((re.compile(p), r) for p, r in (
-    (r"([\{-\~\[-\` -\&\(-\+\:-\@\/])", r" \1 "),  # punctuation
-    (r"([^0-9])([\.,])", r"\1 \2 "),                  # period and comma unless preceded by a digit
-    (r"([\.,])([^0-9])", r" \1 \2"),                  # period and comma unless followed by a digit
-    (r"([0-9])(-)", r"\1 \2 "),                        # dash after a digit
-    (r"\s+", " ")))
+_PYMTEVAL_ENTITIES = (
+    ("<skipped>", ""),
+    ("-\n", ""),
+    ("\n", " "),
+    ("&quot;", '"'),
+    ("&amp;", "&"),
+    ("&lt;", "<"),
+    ("&gt;", ">"),
+)
+_PYMTEVAL_RULES = tuple(
+    (re.compile(p), r)
+    for p, r in (
+        (r"([\{-\~\[-\` -\&\(-\+\:-\@\/])", r" \1 "),  # punctuation
+        (r"([^0-9])([\.,])", r"\1 \2 "),  # period and comma unless preceded by a digit
+        (r"([\.,])([^0-9])", r" \1 \2"),  # period and comma unless followed by a digit
+        (r"([0-9])(-)", r"\1 \2 "),  # dash after a digit
+        (r"\s+", " "),
+    )
+)
 
 
 def pymteval_tokenize(text):
@@ -60,16 +72,31 @@ def pymteval_tokenize(text):
 # ngram_totals: "ngrams" = the n-grams there are (max(len - n + 1, 0)), "length" = len - n + 1
 # (pymteval). floor: pymteval's floors of zero counts (see the module docstring), else None.
 BLEU_VARIANTS = {
-    "mteval": dict(tokenize="13a", lowercase="ascii", count_empty_refs=False, scale=1.0,
-                   ngram_totals="ngrams", floor=None),
-    "multi-bleu-detok": dict(tokenize="13a", lowercase=None, count_empty_refs=True, scale=100.0,
-                             ngram_totals="ngrams", floor=None),
-    "multi-bleu": dict(tokenize="whitespace", lowercase=None, count_empty_refs=True, scale=100.0,
-                       ngram_totals="ngrams", floor=None),
-    "multi-bleu-lc": dict(tokenize="whitespace", lowercase="unicode", count_empty_refs=True, scale=100.0,
-                          ngram_totals="ngrams", floor=None),
-    "pymteval": dict(tokenize="pymteval", lowercase="tokens", count_empty_refs=True, scale=1.0,
-                     ngram_totals="length", floor=(1e-15, 1e-9)),
+    "mteval": dict(
+        tokenize="13a", lowercase="ascii", count_empty_refs=False, scale=1.0, ngram_totals="ngrams", floor=None
+    ),
+    "multi-bleu-detok": dict(
+        tokenize="13a", lowercase=None, count_empty_refs=True, scale=100.0, ngram_totals="ngrams", floor=None
+    ),
+    "multi-bleu": dict(
+        tokenize="whitespace", lowercase=None, count_empty_refs=True, scale=100.0, ngram_totals="ngrams", floor=None
+    ),
+    "multi-bleu-lc": dict(
+        tokenize="whitespace",
+        lowercase="unicode",
+        count_empty_refs=True,
+        scale=100.0,
+        ngram_totals="ngrams",
+        floor=None,
+    ),
+    "pymteval": dict(
+        tokenize="pymteval",
+        lowercase="tokens",
+        count_empty_refs=True,
+        scale=1.0,
+        ngram_totals="length",
+        floor=(1e-15, 1e-9),
+    ),
 }
 TOKENIZERS = {
     "13a": lambda text: _TOKENIZER_13A(text.rstrip()).split(),
@@ -88,8 +115,9 @@ LOWERCASE = {
 @dataclasses.dataclass(frozen=True)
 class BleuStats:
     """Corpus BLEU with the numbers multi-bleu prints."""
-    score: float            # on the variant's scale (0..1 for mteval, 0..100 otherwise)
-    precisions: tuple       # n-gram precisions in percent, n = 1..4
+
+    score: float  # on the variant's scale (0..1 for mteval, 0..100 otherwise)
+    precisions: tuple  # n-gram precisions in percent, n = 1..4
     bp: float
     hyp_len: int
     ref_len: int
@@ -98,8 +126,10 @@ class BleuStats:
         """The line multi-bleu(-detok).perl prints, e.g. 'BLEU = 31.06, 54.9/35.7/25.3/18.7 (...)'."""
         ratio = self.hyp_len / self.ref_len if self.ref_len else 0.0
         p = "/".join("%.1f" % x for x in self.precisions)
-        return (f"BLEU = {self.score:.2f}, {p} (BP={self.bp:.3f}, ratio={ratio:.3f}, "
-                f"hyp_len={self.hyp_len}, ref_len={self.ref_len})")
+        return (
+            f"BLEU = {self.score:.2f}, {p} (BP={self.bp:.3f}, ratio={ratio:.3f}, "
+            f"hyp_len={self.hyp_len}, ref_len={self.ref_len})"
+        )
 
 
 def tokenize(text, variant):
@@ -160,16 +190,17 @@ def score_statistics(stats, variant="multi-bleu-detok"):
     floor = BLEU_VARIANTS[variant]["floor"]
     if floor is not None:  # pymteval BLEUScore.bleu(): never 0, no special case
         bp = math.exp(1.0 - ref_len / (hyp_len or 1e-5)) if hyp_len <= ref_len else 1.0
-        score = bp * math.exp(sum(math.log(max(c, floor[0]) / max(t, floor[1]))
-                                  for c, t in zip(correct, total)) / MAX_N)
+        score = bp * math.exp(
+            sum(math.log(max(c, floor[0]) / max(t, floor[1])) for c, t in zip(correct, total)) / MAX_N
+        )
     elif hyp_len == 0 or ref_len == 0:
         bp, score = (0.0 if ref_len else 1.0), 0.0
     else:
         bp = math.exp(min(0.0, 1.0 - ref_len / hyp_len))
-        score = 0.0 if not all(correct) else bp * math.exp(
-            sum(math.log(c / t) for c, t in zip(correct, total)) / MAX_N)
-    return BleuStats(score=score * BLEU_VARIANTS[variant]["scale"], precisions=precisions, bp=bp,
-                     hyp_len=hyp_len, ref_len=ref_len)
+        score = 0.0 if not all(correct) else bp * math.exp(sum(math.log(c / t) for c, t in zip(correct, total)) / MAX_N)
+    return BleuStats(
+        score=score * BLEU_VARIANTS[variant]["scale"], precisions=precisions, bp=bp, hyp_len=hyp_len, ref_len=ref_len
+    )
 
 
 def bleu_stats(hyps, refs, variant="multi-bleu-detok"):

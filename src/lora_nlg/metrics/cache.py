@@ -1,4 +1,5 @@
 """Where the metrics keep what they build or fetch once (paraphrase-table index, Punkt model)."""
+
 import os
 
 

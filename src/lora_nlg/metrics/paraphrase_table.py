@@ -18,6 +18,7 @@ command with the full table (equal to the last digit), and against the official 
 The index (words as ids, built once, ~1 minute; cached under `cache_dir`) makes a cut take well
 under a second.
 """
+
 import gzip
 import hashlib
 import json
@@ -35,8 +36,9 @@ _CHUNK = 500_000  # entries parsed at a time while building (bounds memory)
 
 def _index_dir(table_path, cache_dir):
     st = os.stat(table_path)
-    key = hashlib.sha256(f"{os.path.abspath(table_path)}|{st.st_size}|{st.st_mtime_ns}|{INDEX_VERSION}"
-                         .encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{os.path.abspath(table_path)}|{st.st_size}|{st.st_mtime_ns}|{INDEX_VERSION}".encode()
+    ).hexdigest()[:16]
     return os.path.join(cache_dir, "meteor-paraphrase", key)
 
 
@@ -55,8 +57,8 @@ def build_index(table_path, index_dir):
     ids, len1, len2 = [], [], []
     for start in range(0, n_entries, _CHUNK):
         stop = min(start + _CHUNK, n_entries)
-        p1 = lines[3 * start + 1:3 * stop:3]
-        p2 = lines[3 * start + 2:3 * stop:3]
+        p1 = lines[3 * start + 1 : 3 * stop : 3]
+        p2 = lines[3 * start + 2 : 3 * stop : 3]
         # StringTokenizer splits on " \t\n\r\f"; the table has single spaces only.
         l1 = np.fromiter((p.count(b" ") + 1 for p in p1), dtype=np.int64, count=len(p1))
         l2 = np.fromiter((p.count(b" ") + 1 for p in p2), dtype=np.int64, count=len(p2))
@@ -83,8 +85,15 @@ def build_index(table_path, index_dir):
         np.save(os.path.join(tmp, "len1.npy"), np.concatenate(len1).astype(np.uint8))
         np.save(os.path.join(tmp, "len2.npy"), np.concatenate(len2).astype(np.uint8))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"version": INDEX_VERSION, "table": os.path.abspath(table_path),
-                       "entries": n_entries, "words": len(vocab)}, f)
+            json.dump(
+                {
+                    "version": INDEX_VERSION,
+                    "table": os.path.abspath(table_path),
+                    "entries": n_entries,
+                    "words": len(vocab),
+                },
+                f,
+            )
         try:
             os.rename(tmp, index_dir)
         except OSError:
@@ -131,7 +140,7 @@ class ParaphraseIndex:
         total = int(lengths.sum())
         # Word ids of the chosen entries, entry after entry.
         first = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        offset = np.arange(total) - first                    # position within its entry
+        offset = np.arange(total) - first  # position within its entry
         token_ids = self.ids[np.repeat(self.starts[entries], lengths) + offset].astype(np.int64)
         # Pieces: "1\n" before each entry, then word, separator, word, separator, ...
         space, newline, prob = len(self.words), len(self.words) + 1, len(self.words) + 2

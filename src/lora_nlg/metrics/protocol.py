@@ -15,6 +15,7 @@
   - outputs and references are cut at `<|endoftext|>` and at the first blank line (`\\n\\n`);
   - WebNLG seen / unseen: inputs filtered by category first, then grouped.
 """
+
 import collections
 import dataclasses
 
@@ -27,6 +28,7 @@ PROTOCOLS = ("official", "paper")
 @dataclasses.dataclass
 class Prepared:
     """Segments to score and, per subset name, the indices of its segments."""
+
     hyps: list
     refs: list
     subsets: dict
@@ -59,8 +61,12 @@ def prepare(pairs, dataset, protocol):
         segments = _official(chosen) if protocol == "official" else _paper(chosen, dataset)
         subsets[name] = list(range(len(hyps), len(hyps) + len(segments)))
         used = sum(len(r) for _, r, _ in segments)
-        stats[name] = {"inputs": len(chosen), "segments": len(segments), "references": used,
-                       "references_dropped": sum(d for _, _, d in segments)}
+        stats[name] = {
+            "inputs": len(chosen),
+            "segments": len(segments),
+            "references": used,
+            "references_dropped": sum(d for _, _, d in segments),
+        }
         for hyp, rs, _ in segments:
             hyps.append(hyp)
             refs.append(rs)

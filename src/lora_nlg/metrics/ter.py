@@ -114,8 +114,8 @@ def ter(hyp, ref):
         best = None
         seen = set()
         for i, j, length in _candidate_shifts(hyp, ref):
-            shifted = hyp[:i] + hyp[i + length:]
-            shifted[j:j] = hyp[i:i + length]
+            shifted = hyp[:i] + hyp[i + length :]
+            shifted[j:j] = hyp[i : i + length]
             key = tuple(shifted)
             if key in seen:  # the same list from another pair: same gain
                 continue

@@ -19,6 +19,7 @@ Hence: a text without such a candidate boundary is tokenized exactly without the
 needs nltk's English Punkt model (`punkt.py`); without it `PunktNotFoundError` is raised, never
 an approximation. Tokens depend on the nltk version (its Treebank and Punkt rules change).
 """
+
 from nltk.tokenize.destructive import NLTKWordTokenizer
 from nltk.tokenize.punkt import PunktLanguageVars
 

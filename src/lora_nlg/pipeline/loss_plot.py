@@ -7,6 +7,7 @@ One panel per work dir, titled by the name before ``=``: the training loss of ev
 GPT-2's 50,257 tokens adds about a nat) and the validation loss (plain cross-entropy), against
 optimizer steps.
 """
+
 import dataclasses
 import os
 import sys
@@ -52,8 +53,10 @@ def plot(runs: List[Tuple[str, str]], out: str) -> None:
     for ax, (title, work_dir) in zip(axes[0], runs):
         curves = read_log(work_dir)
         labels = {"train": train_loss_label(work_dir), "valid": "validation loss (cross-entropy)"}
-        for kind, style in (("train", dict(color="tab:blue", lw=1.2)),
-                            ("valid", dict(color="tab:orange", marker="o", lw=1.5))):
+        for kind, style in (
+            ("train", dict(color="tab:blue", lw=1.2)),
+            ("valid", dict(color="tab:orange", marker="o", lw=1.5)),
+        ):
             if curves[kind]:
                 steps, losses = zip(*curves[kind])
                 ax.plot(steps, losses, label=labels[kind], **style)

@@ -12,6 +12,7 @@ readers, pairing and ``lora_nlg.metrics.bleu``: mteval-v13a on E2E, multi-bleu-d
 DART), without the Java tokenizer and METEOR runs the other metrics need: one candidate costs
 seconds. Ties go to the earlier candidate (the order given).
 """
+
 import dataclasses
 import json
 import sys
@@ -23,6 +24,7 @@ from lora_nlg.cli import parse_config, positional, require
 from lora_nlg.metrics import protocol
 from lora_nlg.metrics.bleu import bleu
 from lora_nlg.metrics.references import FormatError, pair, read_predictions, read_references
+
 
 def dev_bleu(dataset: str, predictions: str, refs, references: str) -> float:
     """Corpus BLEU of ``predictions`` (every input once, all its references; subset ``all``) against
@@ -41,8 +43,14 @@ def select(dataset: str, references: str, candidates: List[Tuple[str, str]]) -> 
     refs = read_references(references)
     scores = {name: dev_bleu(dataset, path, refs, references) for name, path in candidates}
     best = max(scores, key=scores.get)  # the first of equal scores
-    return {"dataset": dataset, "metric": f"BLEU ({DATASETS[dataset].dev_bleu}, official protocol, dev set)",
-            "references": references, "predictions": dict(candidates), "scores": scores, "chosen": best}
+    return {
+        "dataset": dataset,
+        "metric": f"BLEU ({DATASETS[dataset].dev_bleu}, official protocol, dev set)",
+        "references": references,
+        "predictions": dict(candidates),
+        "scores": scores,
+        "chosen": best,
+    }
 
 
 @dataclasses.dataclass

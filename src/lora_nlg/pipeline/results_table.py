@@ -9,6 +9,7 @@ subset and metric the mean, the sample standard deviation (n - 1; null for one s
 values) and ``results.md`` (the same as tables; E2E's BLEU, METEOR and ROUGE_L times 100 as the
 paper prints them, with the paper's figures for GPT-2 M and L when the model card is one of them).
 """
+
 import dataclasses
 import glob
 import json
@@ -48,21 +49,33 @@ def read_seed(folder: str) -> Dict:
     reports = {}
     for path in sorted(glob.glob(os.path.join(folder, "test", "eval.*.json"))):
         report = _read_json(path)
-        reports[report["protocol"]] = {"metrics": report["metrics"], "scores": report["scores"],
-                                       "counts": report["counts"],
-                                       "not_computed": report.get("not_computed", {}), "file": path}
+        reports[report["protocol"]] = {
+            "metrics": report["metrics"],
+            "scores": report["scores"],
+            "counts": report["counts"],
+            "not_computed": report.get("not_computed", {}),
+            "file": path,
+        }
     if not reports:
         raise FileNotFoundError(f"{folder}/test: no eval.<protocol>.json (the evaluation step writes them)")
-    return {"seed": _seed_of(folder), "folder": folder, "chosen": selection["chosen"],
-            "dev_bleu": selection["scores"][selection["chosen"]], "dev_scores": selection["scores"],
-            "test": reports}
+    return {
+        "seed": _seed_of(folder),
+        "folder": folder,
+        "chosen": selection["chosen"],
+        "dev_bleu": selection["scores"][selection["chosen"]],
+        "dev_scores": selection["scores"],
+        "test": reports,
+    }
 
 
 def summarize(values: List[Optional[float]]) -> Dict:
     present = [v for v in values if v is not None]
-    return {"mean": statistics.fmean(present) if present else None,
-            "std": statistics.stdev(present) if len(present) > 1 else None,
-            "n": len(present), "values": values}
+    return {
+        "mean": statistics.fmean(present) if present else None,
+        "std": statistics.stdev(present) if len(present) > 1 else None,
+        "n": len(present),
+        "values": values,
+    }
 
 
 def aggregate(runs: List[Dict]) -> Dict:
@@ -76,8 +89,9 @@ def aggregate(runs: List[Dict]) -> Dict:
     for proto, subsets in out.items():
         for subset, metrics in subsets.items():
             for metric in metrics:
-                metrics[metric] = summarize([run["test"].get(proto, {}).get("scores", {}).get(subset, {}).get(metric)
-                                             for run in runs])
+                metrics[metric] = summarize(
+                    [run["test"].get(proto, {}).get("scores", {}).get(subset, {}).get(metric) for run in runs]
+                )
     return out
 
 
@@ -95,8 +109,10 @@ def markdown(result: Dict) -> str:
     percent = PERCENT.get(ds, set())
     seeds = ", ".join(r["seed"] for r in result["runs"])
     lines = [f"# {ds}, {card}: test results over {len(result['runs'])} seed(s) ({seeds})", ""]
-    lines.append("Each seed's checkpoint was chosen by dev BLEU; mean ± sample standard deviation over seeds."
-                 + (" BLEU, METEOR and ROUGE_L x 100, as in the paper." if percent else ""))
+    lines.append(
+        "Each seed's checkpoint was chosen by dev BLEU; mean ± sample standard deviation over seeds."
+        + (" BLEU, METEOR and ROUGE_L x 100, as in the paper." if percent else "")
+    )
     lines.append("")
     for proto, subsets in result["summary"].items():
         metrics = list(next(iter(subsets.values())))
@@ -105,14 +121,19 @@ def markdown(result: Dict) -> str:
         lines.append("| subset | " + " | ".join(metrics) + " |")
         lines.append("|---" * (len(metrics) + 1) + "|")
         for subset, summaries in subsets.items():
-            cells = [_cell(summaries[m], 100.0 if m in percent else 1.0, 2 if m in percent else DIGITS.get(m, 4))
-                     for m in metrics]
+            cells = [
+                _cell(summaries[m], 100.0 if m in percent else 1.0, 2 if m in percent else DIGITS.get(m, 4))
+                for m in metrics
+            ]
             lines.append(f"| {subset} | " + " | ".join(cells) + " |")
         paper = DATASETS[ds].paper_results.get(card) if proto == PAPER_PROTOCOL else None
         if paper:
             for subset, scores in paper.items():
-                lines.append(f"| paper ({subset}) | " + " | ".join(
-                    f"{scores[m]:g}" if m in scores else "" for m in metrics) + " |")
+                lines.append(
+                    f"| paper ({subset}) | "
+                    + " | ".join(f"{scores[m]:g}" if m in scores else "" for m in metrics)
+                    + " |"
+                )
         lines.append("")
     lines.append("## per seed")
     lines.append("")
@@ -120,11 +141,13 @@ def markdown(result: Dict) -> str:
     lines.append("|---|---|---|---|")
     for run in result["runs"]:
         scale = 100.0 if "BLEU" in percent else 1.0
-        test = ", ".join(f"{run['test'][p]['scores']['all']['BLEU'] * scale:.2f}" for p in result["summary"]
-                         if p in run["test"])
+        test = ", ".join(
+            f"{run['test'][p]['scores']['all']['BLEU'] * scale:.2f}" for p in result["summary"] if p in run["test"]
+        )
         lines.append(f"| {run['seed']} | {run['chosen']} | {run['dev_bleu'] * scale:.2f} | {test} |")
-    not_computed = {m: why for run in result["runs"] for rep in run["test"].values()
-                    for m, why in rep["not_computed"].items()}
+    not_computed = {
+        m: why for run in result["runs"] for rep in run["test"].values() for m, why in rep["not_computed"].items()
+    }
     for metric, why in not_computed.items():
         lines.append("")
         lines.append(f"{metric} not computed: {why}")
@@ -155,8 +178,13 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"results_table: error: {e}", file=sys.stderr)
         return 2
-    result = {"dataset": cfg.dataset, "model_card": cfg.model_card, "seeds": [r["seed"] for r in runs],
-              "summary": aggregate(runs), "runs": runs}
+    result = {
+        "dataset": cfg.dataset,
+        "model_card": cfg.model_card,
+        "seeds": [r["seed"] for r in runs],
+        "summary": aggregate(runs),
+        "runs": runs,
+    }
     result["paper"] = DATASETS[cfg.dataset].paper_results.get(cfg.model_card)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with atomic_write(os.path.join(cfg.out_dir, "results.json")) as f:

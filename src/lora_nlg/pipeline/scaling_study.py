@@ -21,6 +21,7 @@ from the E2E dev set. Everything is read from the raw E2E files (the data mirror
 ``NLG_DATA_MIRROR`` or ``../shared/data``). Results: ``results.json``, ``results.md`` (a table)
 and ``scaling_study.png`` in ``out_dir``; each run's own folder holds its log and checkpoints.
 """
+
 import contextlib
 import dataclasses
 import itertools
@@ -37,20 +38,21 @@ from typing import Dict, List, Optional
 
 import torch
 
-from lora_nlg.data import raw as D
-from lora_nlg.weights.adapter import read_adapter, update_norms
 from lora_nlg.atomic import atomic_write
+from lora_nlg.cli import config_to_dict, parse_config
+from lora_nlg.data import raw as D
 from lora_nlg.data.batching import FTDataset, collate
 from lora_nlg.data.files import read_encoded, write_encoded
-from lora_nlg.weights.backbone import load_pretrained, save_pretrained
-from lora_nlg.cli import config_to_dict, parse_config
-from lora_nlg.jsonl import json_records
-from lora_nlg.model import GPT2_SIZES, GPT2Config, GPT2LMModel
 from lora_nlg.data.prepare import encode_pairs
 from lora_nlg.data.sources import default_mirror
 from lora_nlg.data.tokenizer import EOS_ID, GPT2Tokenizer, default_vocab_dir
+from lora_nlg.jsonl import json_records
+from lora_nlg.model import GPT2_SIZES, GPT2Config, GPT2LMModel
+from lora_nlg.train.loop import main as train_main
+from lora_nlg.train.loop import token_loss_sum
 from lora_nlg.weights import layout
-from lora_nlg.train.loop import main as train_main, token_loss_sum
+from lora_nlg.weights.adapter import read_adapter, update_norms
+from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 
 RULES = ("alpha/r", "alpha/sqrt(r)")
 
@@ -108,6 +110,7 @@ class StudyConfig:
 
 # ------------------------------------------------------------------------------------------ data
 
+
 def _e2e_file(mirror: Path, names) -> Path:
     for name in names:
         if (mirror / "e2e" / name).is_file():
@@ -138,11 +141,11 @@ def prepare_data(cfg: StudyConfig, data_dir: Path) -> int:
             pretrain.extend(by_mr[mr])
         elif len(lora) < cfg.train_pairs:
             lora.extend(by_mr[mr])
-    pretrain, lora = pretrain[:cfg.pretrain_texts], lora[:cfg.train_pairs]
+    pretrain, lora = pretrain[: cfg.pretrain_texts], lora[: cfg.train_pairs]
     dev_mrs = sorted({p.input_key for p in dev})
     random.Random(0).shuffle(dev_mrs)
-    keep = set(dev_mrs[:max(1, cfg.valid_pairs // 8)])
-    valid = [p for p in dev if p.input_key in keep][:cfg.valid_pairs]
+    keep = set(dev_mrs[: max(1, cfg.valid_pairs // 8)])
+    valid = [p for p in dev if p.input_key in keep][: cfg.valid_pairs]
 
     tokenizer = GPT2Tokenizer.from_dir(default_vocab_dir())
     texts = tokenizer.encode_batch([" " + p.completion for p in pretrain])
@@ -156,14 +159,16 @@ def prepare_data(cfg: StudyConfig, data_dir: Path) -> int:
     compact = {g: k for k, g in enumerate(used)}
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, examples in files.items():
-        write_encoded(data_dir / f"{name}.jsonl",
-                      (([compact[i] for i in c], [compact[i] for i in x]) for c, x in examples))
+        write_encoded(
+            data_dir / f"{name}.jsonl", (([compact[i] for i in c], [compact[i] for i in x]) for c, x in examples)
+        )
     with atomic_write(data_dir / "vocab.json") as f:
         json.dump(used, f)
     return len(used)
 
 
 # ------------------------------------------------------------------------------------- training
+
 
 def _train(argv: List[str], threads: int) -> None:
     torch.set_num_threads(threads)
@@ -173,9 +178,28 @@ def _train(argv: List[str], threads: int) -> None:
 
 
 def _common(cfg: StudyConfig) -> List[str]:
-    return ["--model_card", "gpt2.tiny", "--train_batch_size", str(cfg.batch_size), "--valid_batch_size", "16",
-            "--seq_len", "128", "--correct_bias", "--adam_beta2", "0.999", "--weight_decay", "0.01",
-            "--scheduler", "linear", "--tensorboard", "false", "--device", "cpu", "--overwrite"]
+    return [
+        "--model_card",
+        "gpt2.tiny",
+        "--train_batch_size",
+        str(cfg.batch_size),
+        "--valid_batch_size",
+        "16",
+        "--seq_len",
+        "128",
+        "--correct_bias",
+        "--adam_beta2",
+        "0.999",
+        "--weight_decay",
+        "0.01",
+        "--scheduler",
+        "linear",
+        "--tensorboard",
+        "false",
+        "--device",
+        "cpu",
+        "--overwrite",
+    ]
 
 
 def pretrain_backbone(cfg: StudyConfig, out: Path, vocab_size: int) -> Path:
@@ -185,41 +209,111 @@ def pretrain_backbone(cfg: StudyConfig, out: Path, vocab_size: int) -> Path:
     init = out / "backbone_init"
     save_pretrained(GPT2LMModel(GPT2Config(**GPT2_SIZES["gpt2.tiny"], vocab_size=vocab_size, n_positions=128)), init)
     work = out / "backbone"
-    _train(["--train_data", str(out / "data" / "pretrain.jsonl"), "--init_checkpoint", str(init),
-            "--lora_dim", "0", "--lr", str(cfg.pretrain_lr), "--max_step", str(cfg.pretrain_steps),
-            "--warmup_step", str(max(1, cfg.pretrain_steps // 10)), "--log_interval", str(cfg.pretrain_steps),
-            "--eval_interval", str(cfg.pretrain_steps), "--save_interval", str(cfg.pretrain_steps),
-            "--random_seed", "0", "--work_dir", str(work), *_common(cfg)], cfg.threads)
+    _train(
+        [
+            "--train_data",
+            str(out / "data" / "pretrain.jsonl"),
+            "--init_checkpoint",
+            str(init),
+            "--lora_dim",
+            "0",
+            "--lr",
+            str(cfg.pretrain_lr),
+            "--max_step",
+            str(cfg.pretrain_steps),
+            "--warmup_step",
+            str(max(1, cfg.pretrain_steps // 10)),
+            "--log_interval",
+            str(cfg.pretrain_steps),
+            "--eval_interval",
+            str(cfg.pretrain_steps),
+            "--save_interval",
+            str(cfg.pretrain_steps),
+            "--random_seed",
+            "0",
+            "--work_dir",
+            str(work),
+            *_common(cfg),
+        ],
+        cfg.threads,
+    )
     return Path(layout.last_checkpoint(str(work))) / layout.FULL_MODEL
 
 
-def lora_run(cfg: StudyConfig, out: Path, backbone: Path, backbone_stamp: dict,
-             lr: float, r: int, rule: str, seed: int) -> dict:
+def lora_run(
+    cfg: StudyConfig, out: Path, backbone: Path, backbone_stamp: dict, lr: float, r: int, rule: str, seed: int
+) -> dict:
     """One LoRA fine-tuning run's numbers (reused if the same run on the same backbone is done)."""
     rule_name = rule.replace("/", "_over_").replace("(", "").replace(")", "")
     work = out / "runs" / f"lr{lr:g}_{rule_name}_r{r}_seed{seed}"
-    stamp = {"backbone": backbone_stamp, "lr": lr, "r": r, "rule": rule, "seed": seed,
-             **{k: getattr(cfg, k) for k in ("lora_alpha", "steps", "batch_size")}}
+    stamp = {
+        "backbone": backbone_stamp,
+        "lr": lr,
+        "r": r,
+        "rule": rule,
+        "seed": seed,
+        **{k: getattr(cfg, k) for k in ("lora_alpha", "steps", "batch_size")},
+    }
     return _reuse(work, stamp, lambda: _lora_train(cfg, out, work, backbone, lr, r, rule, seed))
 
 
-def _lora_train(cfg: StudyConfig, out: Path, work: Path, backbone: Path, lr: float, r: int, rule: str,
-                seed: int) -> dict:
+def _lora_train(
+    cfg: StudyConfig, out: Path, work: Path, backbone: Path, lr: float, r: int, rule: str, seed: int
+) -> dict:
     start = time.time()
-    _train(["--train_data", str(out / "data" / "train.jsonl"), "--valid_data", str(out / "data" / "valid.jsonl"),
-            "--init_checkpoint", str(backbone), "--lora_dim", str(r), "--lora_alpha", str(cfg.lora_alpha),
-            "--lora_scaling_rule", rule, "--lora_targets", "q", "v", "--lr", str(lr),
-            "--max_step", str(cfg.steps), "--warmup_step", str(max(1, cfg.steps // 10)),
-            "--log_interval", str(cfg.steps), "--eval_interval", str(cfg.steps), "--save_interval", str(cfg.steps),
-            "--random_seed", str(seed), "--work_dir", str(work), *_common(cfg)], cfg.threads)
+    _train(
+        [
+            "--train_data",
+            str(out / "data" / "train.jsonl"),
+            "--valid_data",
+            str(out / "data" / "valid.jsonl"),
+            "--init_checkpoint",
+            str(backbone),
+            "--lora_dim",
+            str(r),
+            "--lora_alpha",
+            str(cfg.lora_alpha),
+            "--lora_scaling_rule",
+            rule,
+            "--lora_targets",
+            "q",
+            "v",
+            "--lr",
+            str(lr),
+            "--max_step",
+            str(cfg.steps),
+            "--warmup_step",
+            str(max(1, cfg.steps // 10)),
+            "--log_interval",
+            str(cfg.steps),
+            "--eval_interval",
+            str(cfg.steps),
+            "--save_interval",
+            str(cfg.steps),
+            "--random_seed",
+            str(seed),
+            "--work_dir",
+            str(work),
+            *_common(cfg),
+        ],
+        cfg.threads,
+    )
     seconds = time.time() - start
     records = [record for _, record in json_records(work / "log.jsonl")]
     valid = [x for x in records if x["kind"] == "valid"]
     tensors, _, lora_config, _ = read_adapter(Path(layout.last_checkpoint(str(work))) / layout.ADAPTER_FILE)
     norms = update_norms(tensors, lora_config)
-    return {"lr": lr, "r": r, "rule": rule, "seed": seed, "scaling": lora_config.scaling,
-            "update_norm": sum(norms.values()), "valid_loss": valid[-1]["loss"],
-            "best_valid_loss": min(x["loss"] for x in valid), "seconds": round(seconds, 1)}
+    return {
+        "lr": lr,
+        "r": r,
+        "rule": rule,
+        "seed": seed,
+        "scaling": lora_config.scaling,
+        "update_norm": sum(norms.values()),
+        "valid_loss": valid[-1]["loss"],
+        "best_valid_loss": min(x["loss"] for x in valid),
+        "seconds": round(seconds, 1),
+    }
 
 
 @torch.no_grad()
@@ -237,6 +331,7 @@ def backbone_valid_loss(backbone: Path, valid_path: Path) -> float:
 
 # -------------------------------------------------------------------------------------- results
 
+
 def summarize(runs: List[dict], cfg: StudyConfig) -> List[dict]:
     """Mean (and standard deviation, with several seeds) per (lr, rule, r)."""
     rows = []
@@ -248,20 +343,25 @@ def summarize(runs: List[dict], cfg: StudyConfig) -> List[dict]:
                 values = [x[key] for x in group]
                 mean = sum(values) / len(values)
                 row[key] = mean
-                row[key + "_std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) \
-                    if len(values) > 1 else None
+                row[key + "_std"] = (
+                    math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+                )
             rows.append(row)
     return rows
 
 
 def table(rows: List[dict]) -> str:
-    pm = lambda v, s, f: (f"{v:{f}}" + (f" ± {s:{f}}" if s is not None else ""))  # noqa: E731
-    lines = ["| lr | rule | r | scaling | update norm sum ‖s·BA‖_F | valid loss (last) | valid loss (best) |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    pm = lambda v, s, f: f"{v:{f}}" + (f" ± {s:{f}}" if s is not None else "")  # noqa: E731
+    lines = [
+        "| lr | rule | r | scaling | update norm sum ‖s·BA‖_F | valid loss (last) | valid loss (best) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for x in rows:
-        lines.append(f"| {x['lr']:g} | {x['rule']} | {x['r']} | {x['scaling']:.3g} | {pm(x['update_norm'], x['update_norm_std'], '.3f')} "
-                     f"| {pm(x['valid_loss'], x['valid_loss_std'], '.4f')} "
-                     f"| {pm(x['best_valid_loss'], x['best_valid_loss_std'], '.4f')} |")
+        lines.append(
+            f"| {x['lr']:g} | {x['rule']} | {x['r']} | {x['scaling']:.3g} | {pm(x['update_norm'], x['update_norm_std'], '.3f')} "
+            f"| {pm(x['valid_loss'], x['valid_loss_std'], '.4f')} "
+            f"| {pm(x['best_valid_loss'], x['best_valid_loss_std'], '.4f')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -278,10 +378,24 @@ def plot(rows: List[dict], path: Path, title: str) -> None:
         label = rule if len(lrs) == 1 else f"{rule}, lr {lr:g}"
         style = "-" if rule == RULES[0] else "--"
         ranks = [x["r"] for x in rs]
-        ax1.errorbar(ranks, [x["update_norm"] for x in rs], yerr=[x["update_norm_std"] or 0 for x in rs],
-                     marker="o", linestyle=style, capsize=3, label=label)
-        ax2.errorbar(ranks, [x["valid_loss"] for x in rs], yerr=[x["valid_loss_std"] or 0 for x in rs],
-                     marker="o", linestyle=style, capsize=3, label=label)
+        ax1.errorbar(
+            ranks,
+            [x["update_norm"] for x in rs],
+            yerr=[x["update_norm_std"] or 0 for x in rs],
+            marker="o",
+            linestyle=style,
+            capsize=3,
+            label=label,
+        )
+        ax2.errorbar(
+            ranks,
+            [x["valid_loss"] for x in rs],
+            yerr=[x["valid_loss_std"] or 0 for x in rs],
+            marker="o",
+            linestyle=style,
+            capsize=3,
+            label=label,
+        )
     for ax, ylabel in ((ax1, "sum over modules of ||scaling · B A||_F"), (ax2, "validation loss (last step)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("LoRA rank r")
@@ -321,12 +435,18 @@ def run_study(cfg: StudyConfig) -> List[dict]:
     # Data and backbone are reused by a later study with the same settings (a stamp says which).
     data_stamp = {k: getattr(cfg, k) for k in ("train_pairs", "valid_pairs", "pretrain_texts", "mirror")}
     vocab_size = _reuse(out / "data", data_stamp, lambda: prepare_data(cfg, out / "data"))
-    backbone_stamp = {"data": data_stamp, "vocab_size": vocab_size,
-                      **{k: getattr(cfg, k) for k in ("pretrain_steps", "pretrain_lr", "batch_size")}}
-    backbone = out / _reuse(out / "backbone", backbone_stamp,
-                            lambda: str(pretrain_backbone(cfg, out, vocab_size).relative_to(out)))
-    jobs = [(cfg, out, backbone, backbone_stamp, *job)
-            for job in itertools.product(cfg.lrs, cfg.ranks, cfg.rules, cfg.seeds)]
+    backbone_stamp = {
+        "data": data_stamp,
+        "vocab_size": vocab_size,
+        **{k: getattr(cfg, k) for k in ("pretrain_steps", "pretrain_lr", "batch_size")},
+    }
+    backbone = out / _reuse(
+        out / "backbone", backbone_stamp, lambda: str(pretrain_backbone(cfg, out, vocab_size).relative_to(out))
+    )
+    jobs = [
+        (cfg, out, backbone, backbone_stamp, *job)
+        for job in itertools.product(cfg.lrs, cfg.ranks, cfg.rules, cfg.seeds)
+    ]
     if cfg.workers > 1:
         # spawn: a fresh interpreter per worker (forking a process that has run torch is unsafe).
         with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -336,16 +456,31 @@ def run_study(cfg: StudyConfig) -> List[dict]:
     rows = summarize(runs, cfg)
     baseline = backbone_valid_loss(backbone, out / "data" / "valid.jsonl")
     minutes = (time.time() - start) / 60
-    title = (f"gpt2.tiny (vocab {vocab_size}), LoRA on q,v, alpha={cfg.lora_alpha:g}, "
-             f"lr={' / '.join(f'{lr:g}' for lr in cfg.lrs)}, "
-             f"{cfg.steps} steps x {cfg.batch_size}, {len(cfg.seeds)} seed(s)")
+    title = (
+        f"gpt2.tiny (vocab {vocab_size}), LoRA on q,v, alpha={cfg.lora_alpha:g}, "
+        f"lr={' / '.join(f'{lr:g}' for lr in cfg.lrs)}, "
+        f"{cfg.steps} steps x {cfg.batch_size}, {len(cfg.seeds)} seed(s)"
+    )
     with atomic_write(out / "results.json") as f:
-        json.dump({"config": config_to_dict(cfg), "vocab_size": vocab_size, "minutes": round(minutes, 2),
-                   "backbone_valid_loss": baseline,
-                   "torch_threads": cfg.threads, "workers": cfg.workers, "runs": runs, "summary": rows}, f, indent=2)
+        json.dump(
+            {
+                "config": config_to_dict(cfg),
+                "vocab_size": vocab_size,
+                "minutes": round(minutes, 2),
+                "backbone_valid_loss": baseline,
+                "torch_threads": cfg.threads,
+                "workers": cfg.workers,
+                "runs": runs,
+                "summary": rows,
+            },
+            f,
+            indent=2,
+        )
     with atomic_write(out / "results.md") as f:
-        f.write(f"{title}; {minutes:.1f} min. Validation loss of the backbone without LoRA: "
-                f"{baseline:.4f}.\n\n{table(rows)}")
+        f.write(
+            f"{title}; {minutes:.1f} min. Validation loss of the backbone without LoRA: "
+            f"{baseline:.4f}.\n\n{table(rows)}"
+        )
     plot(rows, out / "scaling_study.png", title)
     return rows
 

@@ -5,6 +5,7 @@ Flags keep upstream's names and defaults (microsoft/LoRA ``examples/NLG/src/gpt2
 unchanged under ``torchrun``. ``--config FILE.yaml`` fills any fields first; flags override it.
 ``check`` rejects contradictory settings with a message that says what to change.
 """
+
 import dataclasses
 import os
 from typing import List, Literal, Optional
@@ -19,8 +20,17 @@ ScalingRule = Literal[tuple(SCALING_RULES)]
 # Resuming: settings that must not change (the checkpoint would not fit, or would not mean the same
 # thing), and settings whose change is not worth a word (they choose how to run, not what). Any
 # other change is reported and the new value is used.
-RESUME_MUST_MATCH = ("model_card", "init_checkpoint", "lora_dim", "lora_alpha", "lora_targets",
-                     "lora_scaling_rule", "obj", "seq_len", "random_seed")
+RESUME_MUST_MATCH = (
+    "model_card",
+    "init_checkpoint",
+    "lora_dim",
+    "lora_alpha",
+    "lora_targets",
+    "lora_scaling_rule",
+    "obj",
+    "seq_len",
+    "random_seed",
+)
 RESUME_IGNORED = ("resume", "overwrite", "local_rank", "platform")
 
 
@@ -162,8 +172,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
         problems.append("--train_data is required")
     if cfg.fp16 and cfg.precision not in (None, "fp16"):
         problems.append(f"--fp16 contradicts --precision {cfg.precision} (--fp16 means --precision fp16)")
-    for name in ("train_batch_size", "valid_batch_size", "grad_acc", "log_interval", "eval_interval",
-                 "save_interval"):
+    for name in ("train_batch_size", "valid_batch_size", "grad_acc", "log_interval", "eval_interval", "save_interval"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.seq_len < 2:
@@ -171,8 +180,9 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if cfg.lora_dim < 0:
         problems.append(f"--lora_dim must be >= 0 (0 = full fine-tuning), got {cfg.lora_dim}")
     if cfg.lora_dim == 0 and cfg.lora_dropout > 0:
-        problems.append(f"--lora_dropout {cfg.lora_dropout} with --lora_dim 0: "
-                        f"full fine-tuning has no LoRA to drop out")
+        problems.append(
+            f"--lora_dropout {cfg.lora_dropout} with --lora_dim 0: full fine-tuning has no LoRA to drop out"
+        )
     if not 0.0 <= cfg.lora_dropout < 1.0:
         problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
     unknown = [t for t in cfg.lora_targets if t not in TARGETS]
@@ -196,9 +206,11 @@ def check(cfg: TrainConfig) -> TrainConfig:
         try:
             steps, _ = parse_cycle(cfg.i_steps, cfg.i_lrs)
             if cfg.max_step is not None and cfg.max_step != steps[-1]:
-                problems.append(f"--scheduler cycle ends at --i_steps' last value {steps[-1]}, but --max_step "
-                                f"is {cfg.max_step}: leave --max_step out (upstream set it from --i_steps) "
-                                f"or make them agree")
+                problems.append(
+                    f"--scheduler cycle ends at --i_steps' last value {steps[-1]}, but --max_step "
+                    f"is {cfg.max_step}: leave --max_step out (upstream set it from --i_steps) "
+                    f"or make them agree"
+                )
         except ValueError as e:
             problems.append(str(e))
         if cfg.lr <= 0:

@@ -11,6 +11,7 @@
 A resumed run first drops the records after the step it resumes from (the killed run's steps that
 are about to be redone), in log.jsonl and, through ``purge_step``, in TensorBoard.
 """
+
 import json
 import math
 import os
@@ -44,8 +45,7 @@ def _drop_after(path: str, step: int) -> None:
 
 
 class RunLog:
-    def __init__(self, work_dir: str, enabled: bool, total_steps: int, start_step: int = 0,
-                 tensorboard: bool = True):
+    def __init__(self, work_dir: str, enabled: bool, total_steps: int, start_step: int = 0, tensorboard: bool = True):
         self.enabled = enabled
         self.bar = None
         self.writer = None
@@ -61,8 +61,14 @@ class RunLog:
 
             self.writer = SummaryWriter(os.path.join(work_dir, TENSORBOARD_DIR), purge_step=start_step + 1)
         tty = sys.stderr.isatty()
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                        mininterval=0.5 if tty else 30.0, file=sys.stderr)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.5 if tty else 30.0,
+            file=sys.stderr,
+        )
 
     def _record(self, record: dict) -> None:
         self.file.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
@@ -92,16 +98,37 @@ class RunLog:
             self.bar.set_postfix(postfix, refresh=False)
             self.bar.update(step - self.bar.n)
 
-    def train(self, step: int, epoch: int, loss: float, lr: float, grad_norm: Optional[float],
-              tokens_per_s: float, ms_per_step: float) -> None:
+    def train(
+        self,
+        step: int,
+        epoch: int,
+        loss: float,
+        lr: float,
+        grad_norm: Optional[float],
+        tokens_per_s: float,
+        ms_per_step: float,
+    ) -> None:
         if not self.enabled:
             return
         ppl = math.exp(min(loss, 50.0))
         norm = "" if grad_norm is None else f" | grad norm {grad_norm:.3g}"
-        self.say(f"| epoch {epoch:3d} step {step:>8d} | lr {lr:.3g} | ms/step {ms_per_step:7.1f} "
-                 f"| tokens/s {tokens_per_s:9.0f} | loss {loss:6.3f} | ppl {ppl:8.2f}{norm}")
-        self._record({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "ppl": ppl, "lr": lr,
-                      "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "ms_per_step": ms_per_step})
+        self.say(
+            f"| epoch {epoch:3d} step {step:>8d} | lr {lr:.3g} | ms/step {ms_per_step:7.1f} "
+            f"| tokens/s {tokens_per_s:9.0f} | loss {loss:6.3f} | ppl {ppl:8.2f}{norm}"
+        )
+        self._record(
+            {
+                "kind": "train",
+                "step": step,
+                "epoch": epoch,
+                "loss": loss,
+                "ppl": ppl,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_s,
+                "ms_per_step": ms_per_step,
+            }
+        )
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/lr", lr, step)
@@ -114,8 +141,10 @@ class RunLog:
             return
         ppl = math.exp(min(loss, 50.0))
         self.say("-" * 100)
-        self.say(f"| validation at step {step:>8d} (epoch {epoch}) | {seconds:5.1f}s | valid loss {loss:.4f} "
-                 f"| valid ppl {ppl:.3f}{' | best so far' if best else ''}")
+        self.say(
+            f"| validation at step {step:>8d} (epoch {epoch}) | {seconds:5.1f}s | valid loss {loss:.4f} "
+            f"| valid ppl {ppl:.3f}{' | best so far' if best else ''}"
+        )
         self.say("-" * 100)
         self._record({"kind": "valid", "step": step, "epoch": epoch, "loss": loss, "ppl": ppl, "best": best})
         if self.writer is not None:

@@ -17,6 +17,7 @@ One optimizer step, on every rank:
 Validation runs every ``eval_interval`` steps and at each epoch end: token-weighted cross-entropy
 summed over all ranks' shards, then divided. Checkpoints: ``lora_nlg.trainer_state``.
 """
+
 import contextlib
 import dataclasses
 import inspect
@@ -32,21 +33,27 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from lora_nlg.train import state as ts
-from lora_nlg.weights import layout
+from lora_nlg.cli import config_to_dict, parse_config, save_config
 from lora_nlg.data.batching import BucketBatchSampler, FTDataset, collate
 from lora_nlg.data.files import read_encoded
-from lora_nlg.weights.layout import ADAPTER_FILE
-from lora_nlg.weights.adapter import apply_lora_weights, load_lora
-from lora_nlg.weights.backbone import load_pretrained
-from lora_nlg.cli import config_to_dict, parse_config, save_config
 from lora_nlg.distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
 from lora_nlg.lora import LoRAConfig, apply_lora, count_trainable, mark_only_lora_as_trainable
 from lora_nlg.model import DTYPES, GPT2Config, GPT2LMModel
-from lora_nlg.train.optim import build_optimizer, build_scheduler
+from lora_nlg.train import state as ts
+from lora_nlg.train.config import (
+    RESUME_IGNORED,
+    RESUME_MUST_MATCH,
+    ConfigError,
+    TrainConfig,
+    check,
+    environment_defaults,
+)
 from lora_nlg.train.log import RunLog
-from lora_nlg.train.config import (RESUME_IGNORED, RESUME_MUST_MATCH, ConfigError, TrainConfig, check,
-                                   environment_defaults)
+from lora_nlg.train.optim import build_optimizer, build_scheduler
+from lora_nlg.weights import layout
+from lora_nlg.weights.adapter import apply_lora_weights, load_lora
+from lora_nlg.weights.backbone import load_pretrained
+from lora_nlg.weights.layout import ADAPTER_FILE
 
 
 class NonFiniteLoss(RuntimeError):
@@ -78,14 +85,24 @@ def build_model(cfg: TrainConfig, log: RunLog) -> GPT2LMModel:
     if cfg.init_checkpoint:
         model = load_pretrained(cfg.init_checkpoint, cfg.model_card)
     else:
-        log.warn(f"no --init_checkpoint: the {cfg.model_card} backbone is randomly initialised "
-                 f"(seed {cfg.random_seed}); fine for tests and demos, not for results")
+        log.warn(
+            f"no --init_checkpoint: the {cfg.model_card} backbone is randomly initialised "
+            f"(seed {cfg.random_seed}); fine for tests and demos, not for results"
+        )
         model = GPT2LMModel(GPT2Config.from_card(cfg.model_card))
     if cfg.seq_len > model.config.n_positions:
         raise ConfigError(f"--seq_len {cfg.seq_len} exceeds the model's {model.config.n_positions} positions")
     if cfg.lora_dim > 0:
-        apply_lora(model, LoRAConfig(r=cfg.lora_dim, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                     targets=tuple(cfg.lora_targets), scaling_rule=cfg.lora_scaling_rule))
+        apply_lora(
+            model,
+            LoRAConfig(
+                r=cfg.lora_dim,
+                alpha=cfg.lora_alpha,
+                dropout=cfg.lora_dropout,
+                targets=tuple(cfg.lora_targets),
+                scaling_rule=cfg.lora_scaling_rule,
+            ),
+        )
         mark_only_lora_as_trainable(model)
     else:
         for p in model.parameters():
@@ -97,7 +114,7 @@ def shard_batches(lengths: List[int], batch_size: int, world_size: int, rank: in
     """Validation batches of this rank: examples sorted by length (little padding), cut into
     batches, dealt out round-robin; every example is scored exactly once over all ranks."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return batches[rank::world_size]
 
 
@@ -123,8 +140,13 @@ class Trainer:
         self.last_eval_step = self.last_save_step = None
         self.last_checkpoint = resume_from
         state = ts.load_trainer_state(resume_from) if resume_from else None
-        self.log = RunLog(cfg.work_dir, dist_info.is_main, self.max_step,
-                          start_step=state["step"] if state else 0, tensorboard=cfg.tensorboard)
+        self.log = RunLog(
+            cfg.work_dir,
+            dist_info.is_main,
+            self.max_step,
+            start_step=state["step"] if state else 0,
+            tensorboard=cfg.tensorboard,
+        )
         self._build_model(resume_from if state else None)
         self._build_optimizer()
         self._stop_signal: Optional[int] = None
@@ -143,8 +165,9 @@ class Trainer:
         joint_lm = cfg.obj == "jlm"
         self.train_set = FTDataset(read_encoded(cfg.train_data), cfg.seq_len, joint_lm=joint_lm)
         self.train_lengths = self.train_set.lengths()
-        self.sampler = BucketBatchSampler(self.train_lengths, cfg.train_batch_size * cfg.grad_acc,
-                                          d.world_size, d.rank, seed=cfg.random_seed)
+        self.sampler = BucketBatchSampler(
+            self.train_lengths, cfg.train_batch_size * cfg.grad_acc, d.world_size, d.rank, seed=cfg.random_seed
+        )
         self.valid_set = self.valid_batches = None
         if cfg.valid_data:
             self.valid_set = FTDataset(read_encoded(cfg.valid_data), cfg.seq_len, joint_lm=joint_lm)
@@ -166,22 +189,34 @@ class Trainer:
         self.ddp = None
         if torch.distributed.is_initialized():
             # The model's only buffers (LoRA's row index) are equal everywhere: no per-forward sync.
-            no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                              inspect.signature(DistributedDataParallel.__init__).parameters
-                              else {"broadcast_buffers": False})
+            no_buffer_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+                else {"broadcast_buffers": False}
+            )
             self.ddp = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                gradient_as_bucket_view=True, **no_buffer_sync)
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+                **no_buffer_sync,
+            )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def _build_optimizer(self) -> None:
         cfg = self.cfg
         self.optimizer = build_optimizer(
-            self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
-            eps=cfg.adam_epislon, correct_bias=cfg.correct_bias, no_decay_bias=cfg.no_decay_bias,
-            fused=self.device.type == "cuda" and self.precision != "fp16")
-        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.warmup_step, self.max_step,
-                                         cfg.lr, cfg.i_steps, cfg.i_lrs)
+            self.model,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_epislon,
+            correct_bias=cfg.correct_bias,
+            no_decay_bias=cfg.no_decay_bias,
+            fused=self.device.type == "cuda" and self.precision != "fp16",
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.scheduler, cfg.warmup_step, self.max_step, cfg.lr, cfg.i_steps, cfg.i_lrs
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     # -------------------------------------------------------------------------------- setup
@@ -195,8 +230,10 @@ class Trainer:
         if cfg.resume:
             return last
         if last and not cfg.overwrite:
-            raise ConfigError(f"{cfg.work_dir} already holds a run (last checkpoint {last}): pass --resume "
-                              f"to continue it, --overwrite to replace it, or another --work_dir")
+            raise ConfigError(
+                f"{cfg.work_dir} already holds a run (last checkpoint {last}): pass --resume "
+                f"to continue it, --overwrite to replace it, or another --work_dir"
+            )
         barrier()
         if self.dist.is_main and cfg.overwrite:
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
@@ -219,12 +256,15 @@ class Trainer:
         saved = state["config"]
         fatal = [k for k in RESUME_MUST_MATCH if saved.get(k) != cfg.get(k)]
         if fatal:
-            raise ConfigError(f"cannot resume {folder}: " + "; ".join(
-                f"--{k} was {saved.get(k)!r}, now {cfg.get(k)!r}" for k in fatal))
+            raise ConfigError(
+                f"cannot resume {folder}: "
+                + "; ".join(f"--{k} was {saved.get(k)!r}, now {cfg.get(k)!r}" for k in fatal)
+            )
         changed = [k for k in cfg if k not in RESUME_IGNORED and saved.get(k) != cfg[k]]
         if changed:
-            self.log.warn("resuming with changed settings: " + ", ".join(
-                f"{k} {saved.get(k)!r} -> {cfg[k]!r}" for k in changed))
+            self.log.warn(
+                "resuming with changed settings: " + ", ".join(f"{k} {saved.get(k)!r} -> {cfg[k]!r}" for k in changed)
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -237,8 +277,10 @@ class Trainer:
         if len(rngs) == self.dist.world_size:
             self._resume_rng = rngs[self.dist.rank]
         else:
-            self.log.warn(f"saved by {len(rngs)} processes, resumed by {self.dist.world_size}: the data "
-                          f"order continues exactly, the random streams (LoRA dropout) do not")
+            self.log.warn(
+                f"saved by {len(rngs)} processes, resumed by {self.dist.world_size}: the data "
+                f"order continues exactly, the random streams (LoRA dropout) do not"
+            )
             self._resume_rng = rngs[self.dist.rank % len(rngs)]
         self.log.event(self.step, f"resumed from {folder} at step {self.step} (epoch {self.epoch})")
 
@@ -249,14 +291,18 @@ class Trainer:
         if d.is_main:
             save_config(cfg, os.path.join(cfg.work_dir, "config.yaml"))
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "no process group"
-        kind = (f"LoRA r={cfg.lora_dim} alpha={cfg.lora_alpha:g} on {','.join(cfg.lora_targets)}"
-                if cfg.lora_dim else "full fine-tuning")
+        kind = (
+            f"LoRA r={cfg.lora_dim} alpha={cfg.lora_alpha:g} on {','.join(cfg.lora_targets)}"
+            if cfg.lora_dim
+            else "full fine-tuning"
+        )
         self.log.say(
             f"{cfg.model_card} | {kind} | {count_trainable(self.model):,} trainable parameters | "
             f"{d.world_size} process(es) on {self.device.type} ({backend}) | {self.precision}\n"
             f"train {len(self.train_set):,} examples, {self.steps_per_epoch:,} steps/epoch of "
             f"{cfg.train_batch_size} x {cfg.grad_acc} x {d.world_size} examples | max_step {self.max_step:,}"
-            + (f" | valid {len(self.valid_set):,} examples" if self.valid_set is not None else " | no validation"))
+            + (f" | valid {len(self.valid_set):,} examples" if self.valid_set is not None else " | no validation")
+        )
 
     # -------------------------------------------------------------------------------- loop
 
@@ -288,12 +334,17 @@ class Trainer:
             if stop:
                 self._save(f"step-{self.step}", resumable=True, skip_if_saved=True)
                 how = f"signal {self._stop_signal}" if self._stop_signal else "a signal to another rank"
-                self.log.event(self.step, f"stopped by {how} at step {self.step}; continue with --resume "
-                                          f"(checkpoint {self.last_checkpoint})")
+                self.log.event(
+                    self.step,
+                    f"stopped by {how} at step {self.step}; continue with --resume (checkpoint {self.last_checkpoint})",
+                )
                 return self._result(interrupted=self._stop_signal or int(signal.SIGTERM))
         self._save(f"step-{self.step}", resumable=True, skip_if_saved=True)
-        self.log.event(self.step, f"end of training at step {self.step}; best validation loss "
-                                  f"{self.best_val_loss}; last checkpoint {self.last_checkpoint}")
+        self.log.event(
+            self.step,
+            f"end of training at step {self.step}; best validation loss "
+            f"{self.best_val_loss}; last checkpoint {self.last_checkpoint}",
+        )
         return self._result()
 
     def _result(self, interrupted=None) -> TrainResult:
@@ -302,7 +353,7 @@ class Trainer:
     def _micro_batches(self, indices: List[int]) -> List[Dict[str, torch.Tensor]]:
         """This rank's examples cut into micro-batches of ``train_batch_size`` (on the CPU)."""
         B = self.cfg.train_batch_size
-        return [collate([self.train_set[i] for i in indices[j:j + B]]) for j in range(0, len(indices), B)]
+        return [collate([self.train_set[i] for i in indices[j : j + B]]) for j in range(0, len(indices), B)]
 
     def _to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         if self.device.type == "cuda":
@@ -316,16 +367,16 @@ class Trainer:
         return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=DTYPES[self.precision],
-                              enabled=self.precision != "fp32")
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision], enabled=self.precision != "fp32")
 
     def _train_step(self, indices: List[int], meter: "_Meter"):
         """One optimizer step on this rank's examples ``indices``; returns (global mean loss,
         whether any rank asked to stop)."""
         cfg, world = self.cfg, self.dist.world_size
         micro = self._micro_batches(indices)
-        n_loss, n_tokens = self._global_sum([sum(float(mb["loss_mask"].sum()) for mb in micro),
-                                             float(sum(self.train_lengths[i] for i in indices))])
+        n_loss, n_tokens = self._global_sum(
+            [sum(float(mb["loss_mask"].sum()) for mb in micro), float(sum(self.train_lengths[i] for i in indices))]
+        )
         scale = world / max(n_loss, 1.0)
         model = self.ddp or self.model
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -342,11 +393,14 @@ class Trainer:
             raise NonFiniteLoss(
                 f"the training loss is {loss} at step {self.step + 1} (epoch {self.epoch}); stopped without "
                 f"saving. The last good checkpoint is {self.last_checkpoint or 'none (nothing saved yet)'}. "
-                f"Try a lower --lr, --clip 1.0, or --precision bf16 instead of fp16.")
+                f"Try a lower --lr, --clip 1.0, or --precision bf16 instead of fp16."
+            )
         if any_stop > 0 and not self._stop_announced:
             self._stop_announced = True
-            self.log.say(f"received signal {self._stop_signal or '(on another rank)'}: saving a checkpoint after "
-                         f"this step, then stopping (send it again to stop at once)")
+            self.log.say(
+                f"received signal {self._stop_signal or '(on another rank)'}: saving a checkpoint after "
+                f"this step, then stopping (send it again to stop at once)"
+            )
         self.scaler.unscale_(self.optimizer)
         grad_norm = None
         if cfg.clip > 0:
@@ -355,9 +409,11 @@ class Trainer:
             grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
         if grad_norm is not None and not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             # (with fp16 the GradScaler skips such a step and lowers its scale instead)
-            raise NonFiniteLoss(f"the gradient norm is {grad_norm} at step {self.step + 1} (epoch {self.epoch}); "
-                                f"stopped without saving. The last good checkpoint is "
-                                f"{self.last_checkpoint or 'none (nothing saved yet)'}.")
+            raise NonFiniteLoss(
+                f"the gradient norm is {grad_norm} at step {self.step + 1} (epoch {self.epoch}); "
+                f"stopped without saving. The last good checkpoint is "
+                f"{self.last_checkpoint or 'none (nothing saved yet)'}."
+            )
         meter.lr = self.scheduler.get_last_lr()[0]
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -418,29 +474,40 @@ class Trainer:
             return
         cfg = self.cfg
         if not torch.stack([torch.isfinite(p).all() for p in self.params]).all():  # same on every rank (DDP)
-            raise NonFiniteLoss(f"the weights are no longer finite at step {self.step}; not saving {name}. "
-                                f"The last good checkpoint is {self.last_checkpoint or 'none (nothing saved yet)'}.")
+            raise NonFiniteLoss(
+                f"the weights are no longer finite at step {self.step}; not saving {name}. "
+                f"The last good checkpoint is {self.last_checkpoint or 'none (nothing saved yet)'}."
+            )
         rngs = gather_objects(ts.capture_rng()) if resumable else None
         if self.dist.is_main:
             description = {
-                "step": self.step, "epoch": epoch or self.epoch, "max_step": self.max_step,
+                "step": self.step,
+                "epoch": epoch or self.epoch,
+                "max_step": self.max_step,
                 "val_loss": self.best_val_loss if name == layout.BEST else self.last_val_loss,
                 "best_val_loss": self.best_val_loss,
                 "init_checkpoint": os.path.abspath(cfg.init_checkpoint) if cfg.init_checkpoint else None,
                 "backbone": "pretrained" if cfg.init_checkpoint else f"random init (seed {cfg.random_seed})",
-                "full_fine_tuning": cfg.lora_dim == 0, "world_size": self.dist.world_size,
+                "full_fine_tuning": cfg.lora_dim == 0,
+                "world_size": self.dist.world_size,
                 "global_batch_size": cfg.train_batch_size * cfg.grad_acc * self.dist.world_size,
                 "config": config_to_dict(cfg),
             }
             state = None
             if resumable:
                 state = {
-                    "step": self.step, "epoch": self.epoch, "max_step": self.max_step,
-                    "best_val_loss": self.best_val_loss, "last_val_loss": self.last_val_loss,
-                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "max_step": self.max_step,
+                    "best_val_loss": self.best_val_loss,
+                    "last_val_loss": self.last_val_loss,
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                    "sampler": self.sampler.state_dict(), "rng": rngs,
-                    "world_size": self.dist.world_size, "config": config_to_dict(cfg),
+                    "sampler": self.sampler.state_dict(),
+                    "rng": rngs,
+                    "world_size": self.dist.world_size,
+                    "config": config_to_dict(cfg),
                 }
             folder = os.path.join(self.ckpt_root, name)
             ts.write_checkpoint(folder, self.model, description, state, full=self.full)
@@ -457,6 +524,7 @@ class Trainer:
     def _catch_signals(self):
         """SIGINT / SIGTERM: finish the current step, save a resumable checkpoint, stop. A second
         signal stops at once (no checkpoint)."""
+
         def handler(signum, frame):  # no printing here: the interrupted code may be writing to stdout
             if self._stop_signal is not None:
                 signal.signal(signum, signal.SIG_DFL)
@@ -498,17 +566,23 @@ class _Meter:
 
     def flush(self) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        out = dict(loss=sum(self.losses) / max(len(self.losses), 1), lr=self.lr, grad_norm=self.grad_norm,
-                   tokens_per_s=self.tokens / elapsed, ms_per_step=1000 * elapsed / max(len(self.losses), 1))
+        out = dict(
+            loss=sum(self.losses) / max(len(self.losses), 1),
+            lr=self.lr,
+            grad_norm=self.grad_norm,
+            tokens_per_s=self.tokens / elapsed,
+            ms_per_step=1000 * elapsed / max(len(self.losses), 1),
+        )
         self._reset()
         return out
 
 
 # --------------------------------------------------------------------------------- entry point
 
+
 def normalize_launcher_argv(argv: List[str]) -> List[str]:
     """``torch.distributed.launch`` passes ``--local-rank=N`` (PyTorch 2) or ``--local_rank=N``."""
-    return ["--local_rank" + a[len("--local-rank"):] if a.startswith("--local-rank") else a for a in argv]
+    return ["--local_rank" + a[len("--local-rank") :] if a.startswith("--local-rank") else a for a in argv]
 
 
 def train(cfg: TrainConfig) -> TrainResult:

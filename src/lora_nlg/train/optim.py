@@ -19,6 +19,7 @@ Schedules are multipliers of ``--lr`` for ``torch.optim.lr_scheduler.LambdaLR``,
 optimizer step (upstream stepped per micro-batch under gradient accumulation). ``t`` is the
 number of optimizer steps taken so far, so the first step uses ``schedule(0)``.
 """
+
 import math
 from typing import Callable, Dict, List, Sequence
 
@@ -36,8 +37,16 @@ class AdamW(torch.optim.AdamW):
     count stays right.
     """
 
-    def __init__(self, params, lr: float, betas=(0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.0,
-                 correct_bias: bool = False, fused=None):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas=(0.9, 0.98),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        correct_bias: bool = False,
+        fused=None,
+    ):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
         for group in self.param_groups:
             group.setdefault("correct_bias", correct_bias)
@@ -50,7 +59,7 @@ class AdamW(torch.optim.AdamW):
             saved.append((group["lr"], group["eps"], group["weight_decay"]))
             t = group["upstream_step"] + 1
             beta1, beta2 = group["betas"]
-            bc1, sqrt_bc2 = 1.0 - beta1 ** t, math.sqrt(1.0 - beta2 ** t)
+            bc1, sqrt_bc2 = 1.0 - beta1**t, math.sqrt(1.0 - beta2**t)
             lr_factor = 1.0 if group["correct_bias"] else bc1 / sqrt_bc2
             group["lr"] = group["lr"] * lr_factor
             group["eps"] = group["eps"] / sqrt_bc2
@@ -65,8 +74,9 @@ class AdamW(torch.optim.AdamW):
         return loss
 
     def load_state_dict(self, state_dict):
-        groups = [{("upstream_step" if k == "seed_step" else k): v for k, v in g.items()}
-                  for g in state_dict["param_groups"]]
+        groups = [
+            {("upstream_step" if k == "seed_step" else k): v for k, v in g.items()} for g in state_dict["param_groups"]
+        ]
         super().load_state_dict({**state_dict, "param_groups": groups})
 
 
@@ -88,52 +98,76 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bias: bool) -> 
     return groups
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, eps: float,
-                    correct_bias: bool, no_decay_bias: bool, fused: bool = False) -> AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas,
+    eps: float,
+    correct_bias: bool,
+    no_decay_bias: bool,
+    fused: bool = False,
+) -> AdamW:
     groups = param_groups(model, weight_decay, no_decay_bias)
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters: nothing to optimize")
-    return AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                 correct_bias=correct_bias, fused=fused or None)
+    return AdamW(
+        groups,
+        lr=lr,
+        betas=tuple(betas),
+        eps=eps,
+        weight_decay=weight_decay,
+        correct_bias=correct_bias,
+        fused=fused or None,
+    )
 
 
 # ------------------------------------------------------------------------------------ schedules
 
+
 def linear(warmup: int, total: int) -> Callable[[int], float]:
     """Linear warmup from 0, then linear decay to 0 at ``total`` (upstream's and HF's)."""
+
     def f(t):
         if t < warmup:
             return t / max(1, warmup)
         return max(0.0, (total - t) / max(1, total - warmup))
+
     return f
 
 
 def constant(warmup: int, total: int) -> Callable[[int], float]:
     """Linear warmup from 0, then constant."""
+
     def f(t):
         return t / max(1, warmup) if t < warmup else 1.0
+
     return f
 
 
 def cosine(warmup: int, total: int) -> Callable[[int], float]:
     """Linear warmup, then ``0.5 (1 + cos(pi t / total))`` down to 0, as upstream's
     ``CosineAnnealingWarmupRestarts`` (its cosine runs over [0, total], warmup included)."""
+
     def f(t):
         if t < warmup:
             return t / warmup
         return 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+
     return f
 
 
 def cycle(steps: Sequence[int], lrs: Sequence[float], base_lr: float) -> Callable[[int], float]:
     """Upstream's ``CyclicScheduler``: the learning rate is ``lrs[i]`` at ``steps[i]``, linear in
     between, ``lrs[-1]`` after the last step; returned as a multiplier of ``base_lr``."""
+
     def f(t):
         for i in range(len(steps) - 1):
             if steps[i] <= t < steps[i + 1]:
                 a = min(1.0, max(0.0, (t - steps[i]) / (steps[i + 1] - steps[i] + 1e-6)))
                 return (a * lrs[i + 1] + (1.0 - a) * lrs[i]) / base_lr
         return lrs[-1] / base_lr
+
     return f
 
 
@@ -146,18 +180,28 @@ def parse_cycle(i_steps: str, i_lrs: str):
         steps = [int(s) for s in str(i_steps).split(",")]
         lrs = [float(s) for s in str(i_lrs).split(",")]
     except ValueError:
-        raise ValueError(f"--i_steps {i_steps!r} / --i_lrs {i_lrs!r}: expected comma-separated "
-                         f"integers / numbers, e.g. --i_steps 0,500,1000 --i_lrs 0,2e-4,0") from None
+        raise ValueError(
+            f"--i_steps {i_steps!r} / --i_lrs {i_lrs!r}: expected comma-separated "
+            f"integers / numbers, e.g. --i_steps 0,500,1000 --i_lrs 0,2e-4,0"
+        ) from None
     if len(steps) != len(lrs) or len(steps) < 2:
-        raise ValueError(f"--i_steps and --i_lrs need the same number (at least 2) of values, got "
-                         f"{len(steps)} and {len(lrs)}")
+        raise ValueError(
+            f"--i_steps and --i_lrs need the same number (at least 2) of values, got {len(steps)} and {len(lrs)}"
+        )
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise ValueError(f"--i_steps {i_steps!r} must increase")
     return steps, lrs
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int,
-                    base_lr: float, i_steps: str = "0", i_lrs: str = "0.00025"):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    warmup: int,
+    total: int,
+    base_lr: float,
+    i_steps: str = "0",
+    i_lrs: str = "0.00025",
+):
     """A ``LambdaLR`` for ``name`` in linear / constant / cosine / cycle."""
     if name == "cycle":
         steps, lrs = parse_cycle(i_steps, i_lrs)

@@ -4,6 +4,7 @@
 generators, loadable with ``torch.load(weights_only=True)``; ``write_checkpoint`` builds a whole
 checkpoint folder under a temporary name and swaps it into place.
 """
+
 import os
 import random
 import shutil
@@ -15,11 +16,10 @@ import torch
 from lora_nlg.lora import lora_modules
 from lora_nlg.weights.adapter import save_lora
 from lora_nlg.weights.backbone import save_pretrained
-from lora_nlg.weights.layout import (ADAPTER_FILE, FULL_MODEL, TRAINER_STATE, new_temp_dir, swap_in,
-                                     write_description)
-
+from lora_nlg.weights.layout import ADAPTER_FILE, FULL_MODEL, TRAINER_STATE, new_temp_dir, swap_in, write_description
 
 # ------------------------------------------------------------------------------ random state
+
 
 def capture_rng() -> Dict[str, Any]:
     """This process's random generators: Python, NumPy, torch CPU and (if present) CUDA."""
@@ -49,6 +49,7 @@ def seed_everything(seed: int) -> None:
 
 # ------------------------------------------------------------------------------ checkpoints
 
+
 def save_trainer_state(folder: str, state: dict) -> None:
     torch.save(state, os.path.join(folder, TRAINER_STATE))
 
@@ -57,8 +58,9 @@ def load_trainer_state(folder: str) -> dict:
     return torch.load(os.path.join(folder, TRAINER_STATE), map_location="cpu", weights_only=True)
 
 
-def write_checkpoint(final: str, model: torch.nn.Module, description: dict,
-                     trainer_state: Optional[dict] = None, full: bool = False) -> None:
+def write_checkpoint(
+    final: str, model: torch.nn.Module, description: dict, trainer_state: Optional[dict] = None, full: bool = False
+) -> None:
     """Write one checkpoint folder ``final`` (see the module docstring), atomically.
 
     model: the unwrapped model; its LoRA tensors go to ``adapter.safetensors`` with

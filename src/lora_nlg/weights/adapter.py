@@ -11,6 +11,7 @@ in memory; ``write_adapter`` saves them through ``save_lora`` (so the file is ex
 training writes) on a model skeleton whose backbone lives on the ``meta`` device: only the LoRA
 tensors are real, so converting a GPT-2 L adapter costs megabytes, not gigabytes.
 """
+
 import dataclasses
 import json
 import math
@@ -44,16 +45,16 @@ def save_lora(path, model: torch.nn.Module, metadata: Optional[dict] = None) -> 
     if not lora_modules(model):
         raise CheckpointError(f"{path}: the model has no LoRA layers to save (apply_lora first)")
     cfg = lora_config_of(model)
-    info = {**cfg.to_dict(), "model_card": model.config.model_card,
-            "model_config": dataclasses.asdict(model.config)}
+    info = {**cfg.to_dict(), "model_card": model.config.model_card, "model_config": dataclasses.asdict(model.config)}
     try:
         extra = json.loads(json.dumps(dict(metadata or {})))  # tuples become lists, as stored
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: metadata must be JSON-serialisable: {e}") from None
     clash = {k: (info[k], v) for k, v in extra.items() if k in info and info[k] != v}
     if clash:
-        raise CheckpointError(f"{path}: metadata contradicts the model's LoRA config "
-                              f"(key: model's value, given value): {clash}")
+        raise CheckpointError(
+            f"{path}: metadata contradicts the model's LoRA config (key: model's value, given value): {clash}"
+        )
     text = json.dumps({**info, **extra}, sort_keys=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in lora_state_dict(model, cfg.bias).items()}
     data = save(tensors, metadata={"format": "pt", METADATA_KEY: text})
@@ -86,7 +87,7 @@ def load_lora(path) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
         return tensors, metadata
     tensors = {}
     for key, t in read_tensors(path).items():
-        key = key[len("module."):] if key.startswith("module.") else key
+        key = key[len("module.") :] if key.startswith("module.") else key
         if LORA_KEY.fullmatch(key):
             tensors[key] = t
     if not tensors:
@@ -108,9 +109,14 @@ def apply_lora_weights(model: torch.nn.Module, tensors: Dict[str, torch.Tensor])
     targets = lora_state_dict(model, cfg.bias)
     report = fit_report(
         f"LoRA tensors do not fit the model's LoRA (r={cfg.r}, targets={list(cfg.targets)}):",
-        [k for k in targets if k not in tensors], [k for k in tensors if k not in targets],
-        [f"{k}: {tuple(t.shape)} given, {tuple(targets[k].shape)} expected"
-         for k, t in tensors.items() if k in targets and t.shape != targets[k].shape])
+        [k for k in targets if k not in tensors],
+        [k for k in tensors if k not in targets],
+        [
+            f"{k}: {tuple(t.shape)} given, {tuple(targets[k].shape)} expected"
+            for k, t in tensors.items()
+            if k in targets and t.shape != targets[k].shape
+        ],
+    )
     if report:
         raise CheckpointError(report)
     with torch.no_grad():
@@ -137,7 +143,8 @@ def lora_config_from_metadata(metadata: Optional[dict], source: str) -> LoRAConf
         raise CheckpointError(
             f"{source}: no lora_nlg metadata, so r, alpha and the scaling rule are unknown "
             f"(an upstream checkpoint? convert it first: lora_export.py import upstream FILE OUT --lora_dim R "
-            f"--lora_alpha A --model_card CARD)")
+            f"--lora_alpha A --model_card CARD)"
+        )
     missing = [k for k in ("r", "alpha", "scaling_rule", "targets") if k not in metadata]
     if missing:
         raise CheckpointError(f"{source}: metadata lacks {missing}; the update's scale is unknown")
@@ -147,8 +154,10 @@ def lora_config_from_metadata(metadata: Optional[dict], source: str) -> LoRAConf
         raise CheckpointError(f"{source}: metadata is not a valid LoRA config: {e}") from None
     stored = metadata.get("scaling")
     if stored is not None and not math.isclose(stored, cfg.scaling, rel_tol=1e-9, abs_tol=0.0):
-        raise CheckpointError(f"{source}: metadata says scaling={stored}, but {cfg.scaling_rule} with "
-                              f"alpha={cfg.alpha}, r={cfg.r} gives {cfg.scaling}")
+        raise CheckpointError(
+            f"{source}: metadata says scaling={stored}, but {cfg.scaling_rule} with "
+            f"alpha={cfg.alpha}, r={cfg.r} gives {cfg.scaling}"
+        )
     return cfg
 
 
@@ -164,14 +173,22 @@ def skeleton(model_config: GPT2Config, lora_config: LoRAConfig) -> GPT2LMModel:
     wrapped = {id(m.base_layer) for _, m in lora_modules(model)}
     for module in model.modules():
         bias = getattr(module, "bias", None)
-        if isinstance(bias, nn.Parameter) and bias.is_meta and (
-                lora_config.bias == "all" or (lora_config.bias == "lora_only" and id(module) in wrapped)):
+        if (
+            isinstance(bias, nn.Parameter)
+            and bias.is_meta
+            and (lora_config.bias == "all" or (lora_config.bias == "lora_only" and id(module) in wrapped))
+        ):
             module.bias = nn.Parameter(torch.zeros(bias.shape))
     return model
 
 
-def write_adapter(path, tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig,
-                  model_config: GPT2Config, metadata: Optional[dict] = None) -> None:
+def write_adapter(
+    path,
+    tensors: Dict[str, torch.Tensor],
+    lora_config: LoRAConfig,
+    model_config: GPT2Config,
+    metadata: Optional[dict] = None,
+) -> None:
     """Save LoRA ``tensors`` (keys of ``lora_state_dict``) as our adapter file, strictly checked
     against ``lora_config`` on a ``model_config`` backbone."""
     model = skeleton(model_config, lora_config)
@@ -183,8 +200,7 @@ def read_adapter(path) -> Tuple[Dict[str, torch.Tensor], dict, LoRAConfig, GPT2C
     """``(tensors, metadata, lora_config, model_config)`` of one of our adapter files."""
     tensors, metadata = load_lora(path)
     source = str(path)
-    return tensors, metadata, lora_config_from_metadata(metadata, source), \
-        model_config_from_metadata(metadata, source)
+    return tensors, metadata, lora_config_from_metadata(metadata, source), model_config_from_metadata(metadata, source)
 
 
 def update_norms(tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig) -> Dict[str, float]:
@@ -194,12 +210,13 @@ def update_norms(tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig) -> D
     for key, a in tensors.items():
         if not key.endswith(".lora_A"):
             continue
-        name = key[:-len(".lora_A")]
+        name = key[: -len(".lora_A")]
         b = tensors[name + ".lora_B"].double()
         a = a.double()
         n = a.shape[0] // lora_config.r  # enabled slices: the update is block-diagonal in them
         out_slice = b.shape[0] // n
-        blocks = [b[j * out_slice:(j + 1) * out_slice] @ a[j * lora_config.r:(j + 1) * lora_config.r]
-                  for j in range(n)]
+        blocks = [
+            b[j * out_slice : (j + 1) * out_slice] @ a[j * lora_config.r : (j + 1) * lora_config.r] for j in range(n)
+        ]
         norms[name] = lora_config.scaling * math.sqrt(sum(float((d * d).sum()) for d in blocks))
     return norms

@@ -15,6 +15,7 @@ then copy adapter tensors in (``lora_nlg.weights.adapter.apply_lora_weights``).
 ``save_pretrained`` accepts a model with LoRA and writes the merged weights (the model itself is
 left as it is).
 """
+
 import json
 import os
 import re
@@ -28,11 +29,24 @@ from lora_nlg.data.tokenizer import EOS_ID
 from lora_nlg.lora import lora_modules
 from lora_nlg.model import GPT2_SIZES, GPT2Config, GPT2LMModel
 from lora_nlg.weights.layout import new_temp_dir, swap_in
-from lora_nlg.weights.tensors import (CONV1D_WEIGHTS, HARMLESS, LM_HEADS, LORA_KEY, TF_SUFFIXES, CheckpointError, fit_report, read_tensors)
+from lora_nlg.weights.tensors import (
+    CONV1D_WEIGHTS,
+    HARMLESS,
+    LM_HEADS,
+    LORA_KEY,
+    TF_SUFFIXES,
+    CheckpointError,
+    fit_report,
+    read_tensors,
+)
 
 # A Hugging Face folder's weights, in order of preference.
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
-                   "pytorch_model.bin", "pytorch_model.bin.index.json")
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 HF_FILES_WE_WRITE = ("config.json", "model.safetensors")
 # Hugging Face activations equal to GPT-2's tanh-approximated GELU (ours).
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -40,12 +54,14 @@ TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 # ------------------------------------------------------------------------------------- backbone
 
+
 def _read_folder(folder: str) -> Tuple[Dict[str, torch.Tensor], Optional[dict], str]:
     """Tensors and config.json (or None) of a Hugging Face folder, and the file(s) read."""
     name = next((f for f in HF_WEIGHT_FILES if os.path.isfile(os.path.join(folder, f))), None)
     if name is None:
-        raise CheckpointError(f"{folder}: no weights; expected one of {list(HF_WEIGHT_FILES)}, "
-                              f"found {sorted(os.listdir(folder))}")
+        raise CheckpointError(
+            f"{folder}: no weights; expected one of {list(HF_WEIGHT_FILES)}, found {sorted(os.listdir(folder))}"
+        )
     weights = os.path.join(folder, name)
     if name.endswith(".index.json"):
         with open(weights, encoding="utf-8") as f:
@@ -70,12 +86,12 @@ def _normalize_backbone_keys(tensors: Dict[str, torch.Tensor], source: str):
     """
     by_name, original = {}, {}
     for key, t in tensors.items():
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key[len("module.") :] if key.startswith("module.") else key
         for tf, ours in TF_SUFFIXES.items():
             if name.endswith(tf):
-                name = name[:-len(tf)] + ours
+                name = name[: -len(tf)] + ours
         if name.startswith("transformer."):
-            name = name[len("transformer."):]
+            name = name[len("transformer.") :]
         if name in by_name:
             raise CheckpointError(f"{source}: keys {original[name]!r} and {key!r} both mean {name!r}")
         by_name[name], original[name] = t, key
@@ -91,9 +107,12 @@ def _infer_config(by_name, hf_config: Optional[dict], model_card: Optional[str],
             raise CheckpointError(
                 f"{source}: holds only LoRA tensors ({len(lora)}, e.g. {lora[0]!r}), not a GPT-2 "
                 f"backbone. Load the pretrained GPT-2 with load_pretrained, put LoRA on it, then load "
-                f"this file with load_lora and apply_lora_weights (r and alpha: see lora_config_from_tensors).")
-        raise CheckpointError(f"{source}: no token embedding ('wte.weight' or 'transformer.wte.weight'); "
-                              f"is this a GPT-2 checkpoint? First keys: {list(by_name)[:8]}")
+                f"this file with load_lora and apply_lora_weights (r and alpha: see lora_config_from_tensors)."
+            )
+        raise CheckpointError(
+            f"{source}: no token embedding ('wte.weight' or 'transformer.wte.weight'); "
+            f"is this a GPT-2 checkpoint? First keys: {list(by_name)[:8]}"
+        )
     layers = [int(m.group(1)) for m in map(re.compile(r"h\.(\d+)\.").match, by_name) if m]
     shape = dict(vocab_size=wte.shape[0], n_embd=wte.shape[1], n_layer=max(layers, default=-1) + 1)
     hf = hf_config or {}
@@ -102,18 +121,23 @@ def _infer_config(by_name, hf_config: Optional[dict], model_card: Optional[str],
     elif "n_positions" in hf:
         shape["n_positions"] = hf["n_positions"]
     # config.json must agree with the tensors and describe GPT-2's function.
-    problems = [f"config.json says {k}={hf[k]}, the weights have {k}={v}"
-                for k, v in shape.items() if k in hf and hf[k] != v]
+    problems = [
+        f"config.json says {k}={hf[k]}, the weights have {k}={v}" for k, v in shape.items() if k in hf and hf[k] != v
+    ]
     if hf.get("model_type", "gpt2") != "gpt2":
         problems.append(f"config.json model_type is {hf['model_type']!r}, not 'gpt2'")
     if hf.get("activation_function", "gelu_new") not in TANH_GELUS:
-        problems.append(f"config.json activation_function is {hf['activation_function']!r}; this model "
-                        f"implements GPT-2's tanh GELU ({' / '.join(TANH_GELUS)})")
+        problems.append(
+            f"config.json activation_function is {hf['activation_function']!r}; this model "
+            f"implements GPT-2's tanh GELU ({' / '.join(TANH_GELUS)})"
+        )
     if hf.get("n_inner") not in (None, 4 * shape["n_embd"]):
         problems.append(f"config.json n_inner={hf['n_inner']}; this model has 4 * n_embd")
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights", True) is False:
-        problems.append("config.json changes attention scaling (scale_attn_by_inverse_layer_idx / "
-                        "scale_attn_weights); this model scales by 1/sqrt(head_dim) only")
+        problems.append(
+            "config.json changes attention scaling (scale_attn_by_inverse_layer_idx / "
+            "scale_attn_weights); this model scales by 1/sqrt(head_dim) only"
+        )
     if problems:
         raise CheckpointError(f"{source}: " + "; ".join(problems))
     card_shape = GPT2_SIZES.get(model_card) if model_card else None
@@ -122,8 +146,7 @@ def _infer_config(by_name, hf_config: Optional[dict], model_card: Optional[str],
     if "n_head" in hf:
         shape["n_head"] = hf["n_head"]
     else:  # a single file: the card table knows n_head for each (n_layer, n_embd)
-        cards = [c for c, s in GPT2_SIZES.items()
-                 if (s["n_layer"], s["n_embd"]) == (shape["n_layer"], shape["n_embd"])]
+        cards = [c for c, s in GPT2_SIZES.items() if (s["n_layer"], s["n_embd"]) == (shape["n_layer"], shape["n_embd"])]
         card = model_card if model_card in cards else (cards[0] if cards else None)
         shape["n_head"] = GPT2_SIZES[card]["n_head"] if card else None
     if card_shape and any(shape[k] != v for k, v in card_shape.items()):
@@ -134,7 +157,8 @@ def _infer_config(by_name, hf_config: Optional[dict], model_card: Optional[str],
         raise CheckpointError(
             f"{source}: n_layer={shape['n_layer']}, n_embd={shape['n_embd']} match no model card "
             f"({sorted(GPT2_SIZES)}) and there is no config.json to give n_head; load it from a "
-            f"Hugging Face folder with config.json")
+            f"Hugging Face folder with config.json"
+        )
     eps = hf.get("layer_norm_epsilon", GPT2Config.layer_norm_epsilon)
     return GPT2Config(**shape, layer_norm_epsilon=eps)
 
@@ -157,7 +181,7 @@ def load_pretrained(path, model_card: Optional[str] = None, dtype: Optional[torc
 
     with torch.device("meta"):  # shapes only: the real tensors are assigned below
         model = GPT2LMModel(config)
-    expected = {k[len("transformer."):]: v.shape for k, v in model.state_dict().items()}
+    expected = {k[len("transformer.") :]: v.shape for k, v in model.state_dict().items()}
     wte = by_name["wte.weight"]
     # Which layout the file uses, read off c_attn: (C, 3C) is Conv1D, (3C, C) is nn.Linear.
     c_attn = [t.shape for k, t in by_name.items() if k.endswith("attn.c_attn.weight") and t.dim() == 2]
@@ -182,20 +206,27 @@ def load_pretrained(path, model_card: Optional[str] = None, dtype: Optional[torc
         else:
             unexpected.append(key)
     missing = ["transformer." + n for n in expected if n not in by_name]
-    report = fit_report(f"{source}: does not fit GPT-2 with n_layer={config.n_layer}, n_embd={config.n_embd}, "
-                        f"n_head={config.n_head}, vocab_size={config.vocab_size}, n_positions={config.n_positions}:",
-                        missing, unexpected, misshaped)
+    report = fit_report(
+        f"{source}: does not fit GPT-2 with n_layer={config.n_layer}, n_embd={config.n_embd}, "
+        f"n_head={config.n_head}, vocab_size={config.vocab_size}, n_positions={config.n_positions}:",
+        missing,
+        unexpected,
+        misshaped,
+    )
     if report:
         if any(LORA_KEY.fullmatch(n) for n in by_name):
-            report += ("\n  The file holds LoRA tensors (a fine-tuned model, e.g. upstream's final "
-                       "checkpoint): load the pretrained GPT-2 with load_pretrained and the LoRA "
-                       "tensors with load_lora(path).")
+            report += (
+                "\n  The file holds LoRA tensors (a fine-tuned model, e.g. upstream's final "
+                "checkpoint): load the pretrained GPT-2 with load_pretrained and the LoRA "
+                "tensors with load_lora(path)."
+            )
         raise CheckpointError(report)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
 # ------------------------------------------------------------------------------- saving backbone
+
 
 def _plain_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """Our keys without LoRA: a wrapped layer's weight is its base weight plus, if not merged,

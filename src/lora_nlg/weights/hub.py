@@ -10,6 +10,7 @@ download is written to a temporary file, hashed, and renamed only if the hash ma
 folder (``--mirror DIR`` or ``NLG_MODEL_MIRROR``) holding ``<hub name>/model.safetensors`` and
 ``config.json`` is used instead of the network when present (same hash check when a hash is known).
 """
+
 import dataclasses
 import hashlib
 import json
@@ -86,7 +87,8 @@ def fetch(card: str, out_dir: str, mirror: str = None, sha256: str = None, revis
         except (urllib.error.URLError, OSError) as e:
             raise RuntimeError(
                 f"cannot download {repo} from {HUB} ({e}); put {hub_folder(card)}/config.json and "
-                f"model.safetensors in a folder and pass it with --mirror or NLG_MODEL_MIRROR") from e
+                f"model.safetensors in a folder and pass it with --mirror or NLG_MODEL_MIRROR"
+            ) from e
         sha256 = expected
     if sha256:
         got = sha256_of(weights)
@@ -118,8 +120,12 @@ class FetchConfig:
 
 
 def main(argv=None) -> int:
-    cfg = parse_config(FetchConfig, argv, prog="python -m lora_nlg.weights.hub",
-                       defaults={"mirror": os.environ.get("NLG_MODEL_MIRROR")})
+    cfg = parse_config(
+        FetchConfig,
+        argv,
+        prog="python -m lora_nlg.weights.hub",
+        defaults={"mirror": os.environ.get("NLG_MODEL_MIRROR")},
+    )
     for card in cfg.cards:
         try:
             print(fetch(card, cfg.out, cfg.mirror, cfg.sha256, cfg.revision))

@@ -19,6 +19,7 @@ complete folder.
     python -m lora_nlg.weights.layout candidates WORK_DIR   # epoch-1 epoch-2 ... (+ last if no epoch)
     python -m lora_nlg.weights.layout decodable CKPT [--full]   # what gpt2_beam.py should load
 """
+
 import json
 import os
 import re
@@ -43,6 +44,7 @@ METADATA_KEY = "lora_nlg"  # the safetensors header key holding an adapter's JSO
 
 
 # ------------------------------------------------------------------------------ folders
+
 
 def checkpoints_dir(work_dir: str) -> str:
     return os.path.join(work_dir, CHECKPOINTS)
@@ -118,6 +120,7 @@ def epoch_candidates(work_dir: str) -> List[str]:
 
 # ------------------------------------------------------------------------- what a path holds
 
+
 def checkpoint_kind(path: str) -> Tuple[str, str]:
     """``('adapter' | 'upstream_lora' | 'full', the path to load)`` for a checkpoint folder, an
     adapter file, upstream's ``.pt`` or a full model (Hugging Face folder or weights file)."""
@@ -133,7 +136,7 @@ def checkpoint_kind(path: str) -> Tuple[str, str]:
         with safe_open(path, framework="pt", device="cpu") as f:
             is_adapter = METADATA_KEY in (f.metadata() or {}) or all(LORA_KEY.fullmatch(k) for k in f.keys())
         return ("adapter" if is_adapter else "full"), path
-    if any(LORA_KEY.fullmatch(k[len("module."):] if k.startswith("module.") else k) for k in read_tensors(path)):
+    if any(LORA_KEY.fullmatch(k[len("module.") :] if k.startswith("module.") else k) for k in read_tensors(path)):
         return "upstream_lora", path
     return "full", path
 
@@ -145,8 +148,7 @@ def decodable(checkpoint: str, full: bool = False) -> str:
         return checkpoint
     model = os.path.join(checkpoint, FULL_MODEL)
     if not os.path.isdir(model):
-        raise CheckpointError(f"{checkpoint}: no {FULL_MODEL}/ to decode"
-                              + ("" if full else f" and no {ADAPTER_FILE}"))
+        raise CheckpointError(f"{checkpoint}: no {FULL_MODEL}/ to decode" + ("" if full else f" and no {ADAPTER_FILE}"))
     return model
 
 
@@ -158,8 +160,10 @@ def main(argv=None) -> int:
         elif args[:1] == ["decodable"] and len(args) in (2, 3) and args[2:] in ([], ["--full"]):
             print(decodable(args[1], full=args[2:] == ["--full"]))
         else:
-            print("usage: python -m lora_nlg.weights.layout candidates WORK_DIR | decodable CKPT [--full]",
-                  file=sys.stderr)
+            print(
+                "usage: python -m lora_nlg.weights.layout candidates WORK_DIR | decodable CKPT [--full]",
+                file=sys.stderr,
+            )
             return 2
     except (CheckpointError, OSError) as e:
         print(f"layout: error: {e}", file=sys.stderr)

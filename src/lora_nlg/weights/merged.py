@@ -4,15 +4,15 @@
 loads with no PEFT and no code of ours: W + scaling * B A in every adapted layer, Conv1D layout,
 LM head tied to the token embedding. The tokenizer is GPT-2's own (``openai-community/gpt2``).
 """
+
 import os
 from typing import Optional
 
-from lora_nlg.weights.adapter import read_adapter
-from lora_nlg.weights.tensors import CheckpointError
-from lora_nlg.weights.adapter import apply_lora_weights
-from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 from lora_nlg.lora import apply_lora
 from lora_nlg.model import GPT2LMModel
+from lora_nlg.weights.adapter import apply_lora_weights, read_adapter
+from lora_nlg.weights.backbone import load_pretrained, save_pretrained
+from lora_nlg.weights.tensors import CheckpointError
 
 # What LoRA depends on (an adapter imported with only a model card does not know vocab_size).
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd")
@@ -24,16 +24,21 @@ def model_with_adapter(adapter_path, pretrained: Optional[str] = None) -> GPT2LM
     tensors, metadata, lora_config, model_config = read_adapter(adapter_path)
     pretrained = pretrained or metadata.get("init_checkpoint")
     if not pretrained:
-        raise CheckpointError(f"{adapter_path}: the adapter does not name its backbone "
-                              f"(init_checkpoint); pass --pretrained PATH")
+        raise CheckpointError(
+            f"{adapter_path}: the adapter does not name its backbone (init_checkpoint); pass --pretrained PATH"
+        )
     if not os.path.exists(pretrained):
         raise CheckpointError(f"{adapter_path}: its backbone {pretrained} does not exist here; pass --pretrained PATH")
     model = load_pretrained(pretrained)
-    differ = {k: (getattr(model.config, k), getattr(model_config, k)) for k in SHAPE_FIELDS
-              if getattr(model.config, k) != getattr(model_config, k)}
+    differ = {
+        k: (getattr(model.config, k), getattr(model_config, k))
+        for k in SHAPE_FIELDS
+        if getattr(model.config, k) != getattr(model_config, k)
+    }
     if differ:
-        raise CheckpointError(f"{pretrained}: not the backbone of {adapter_path} "
-                              f"(field: backbone's value, adapter's value): {differ}")
+        raise CheckpointError(
+            f"{pretrained}: not the backbone of {adapter_path} (field: backbone's value, adapter's value): {differ}"
+        )
     apply_lora(model, lora_config)
     apply_lora_weights(model, tensors)
     return model.eval()

@@ -42,6 +42,7 @@ Import. Any PEFT LoRA adapter on GPT-2's c_attn, c_proj (attention and MLP) and 
 Refused with a message naming the file and field: DoRA, LoRA on the embeddings, ``lora_bias``,
 ``modules_to_save``, trainable tokens, and any tensor whose name or shape does not fit.
 """
+
 import json
 import math
 import os
@@ -56,8 +57,13 @@ from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import HUB_NAMES, hub_folder
 from lora_nlg.lora import MODULE_SLICES, TARGETS, LoRAConfig, enabled_slices
 from lora_nlg.model import GPT2_SIZES, GPT2Config
-from lora_nlg.weights.adapter import (apply_lora_weights, model_config_from_metadata, read_adapter, skeleton,
-                                      write_adapter)
+from lora_nlg.weights.adapter import (
+    apply_lora_weights,
+    model_config_from_metadata,
+    read_adapter,
+    skeleton,
+    write_adapter,
+)
 from lora_nlg.weights.layout import METADATA_KEY
 from lora_nlg.weights.tensors import CheckpointError, read_tensors
 
@@ -78,8 +84,11 @@ UNSUPPORTED = (
     ("use_qalora", False, "QA-LoRA pools the input"),
     ("alora_invocation_tokens", None, "activated LoRA switches on per token"),
 )
-PEFT_KEY = re.compile(r"base_model\.model\.(?:transformer\.)?h\.(\d+)\.(" + "|".join(
-    re.escape(p) for p in MODULE_SLICES) + r")\.lora_([AB])(?:\.[A-Za-z0-9_-]+)?\.weight")
+PEFT_KEY = re.compile(
+    r"base_model\.model\.(?:transformer\.)?h\.(\d+)\.("
+    + "|".join(re.escape(p) for p in MODULE_SLICES)
+    + r")\.lora_([AB])(?:\.[A-Za-z0-9_-]+)?\.weight"
+)
 PEFT_BIAS = re.compile(r"base_model\.model\.(?:transformer\.)?(.*?)(?:\.base_layer)?\.bias")
 
 
@@ -88,6 +97,7 @@ class NotRepresentable(CheckpointError):
 
 
 # ------------------------------------------------------------------------------------- export
+
 
 def _dense_b(lora_b: torch.Tensor, enable) -> torch.Tensor:
     """Our stacked B (n * out_slice, r) -> PEFT's (len(enable) * out_slice, n * r) block matrix:
@@ -98,7 +108,7 @@ def _dense_b(lora_b: torch.Tensor, enable) -> torch.Tensor:
     j = 0
     for i, on in enumerate(enable):
         if on:
-            full[i * out_slice:(i + 1) * out_slice, j * r:(j + 1) * r] = lora_b[j * out_slice:(j + 1) * out_slice]
+            full[i * out_slice : (i + 1) * out_slice, j * r : (j + 1) * r] = lora_b[j * out_slice : (j + 1) * out_slice]
             j += 1
     return full
 
@@ -106,8 +116,10 @@ def _dense_b(lora_b: torch.Tensor, enable) -> torch.Tensor:
 def peft_alpha(scaling: float, rank: int, use_rslora: bool, integer_alpha: bool, where: str) -> float:
     """PEFT's ``lora_alpha`` that gives ``scaling`` at ``rank``."""
     if not math.isfinite(scaling):
-        raise NotRepresentable(f"{where}: the LoRA scale is {scaling}; PEFT stores a finite lora_alpha "
-                               f"and computes lora_alpha / r from it, so no adapter config gives this scale")
+        raise NotRepresentable(
+            f"{where}: the LoRA scale is {scaling}; PEFT stores a finite lora_alpha "
+            f"and computes lora_alpha / r from it, so no adapter config gives this scale"
+        )
     alpha = scaling * (math.sqrt(rank) if use_rslora else rank)
     if integer_alpha:
         if not math.isclose(alpha, round(alpha), rel_tol=1e-9, abs_tol=1e-9):
@@ -116,13 +128,19 @@ def peft_alpha(scaling: float, rank: int, use_rslora: bool, integer_alpha: bool,
                 f"{where}: scale {scaling:g} at PEFT rank {rank} needs lora_alpha = {alpha!r} "
                 f"({rule}), which is not an integer, and integer_alpha was asked for. Export without "
                 f"--integer_alpha (PEFT itself computes the scale from a fractional lora_alpha), or "
-                f"retrain with an alpha whose PEFT value is whole")
+                f"retrain with an alpha whose PEFT value is whole"
+            )
         return int(round(alpha))
     return alpha
 
 
-def to_peft(tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig, model_config: GPT2Config,
-            integer_alpha: bool = False, source: str = "adapter") -> Tuple[Dict[str, torch.Tensor], dict]:
+def to_peft(
+    tensors: Dict[str, torch.Tensor],
+    lora_config: LoRAConfig,
+    model_config: GPT2Config,
+    integer_alpha: bool = False,
+    source: str = "adapter",
+) -> Tuple[Dict[str, torch.Tensor], dict]:
     """Our LoRA tensors -> ``(PEFT tensors, adapter_config fields)``; see the module docstring."""
     # Strict check of every key and shape against the config, on a backbone-free skeleton.
     apply_lora_weights(skeleton(model_config, lora_config), tensors)
@@ -140,7 +158,7 @@ def to_peft(tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig, model_con
             out[f"{PREFIX}{name}.lora_B.weight"] = _dense_b(tensors[f"{name}.lora_B"], enable).contiguous()
     for key, t in tensors.items():  # trained biases: PEFT keeps a wrapped layer's under base_layer
         if key.endswith(".bias"):
-            name = key[:-len(".bias")]
+            name = key[: -len(".bias")]
             wrapped = any(name.endswith("." + p) for p in slices) and ".h." in name
             out[f"{PREFIX}{name}{'.base_layer' if wrapped else ''}.bias"] = t.contiguous()
     # The config's r / lora_alpha: our r where some module has it (then alpha is ours under
@@ -191,6 +209,7 @@ def export_peft(adapter_path, folder, base_model: Optional[str] = None, integer_
 
 # ------------------------------------------------------------------------------------- import
 
+
 def read_peft(folder) -> Tuple[Dict[str, torch.Tensor], dict, Optional[dict], str]:
     """``(tensors, adapter_config, our header metadata or None, weights file)`` of a PEFT folder."""
     folder = os.fspath(folder)
@@ -227,8 +246,15 @@ def _pattern_value(pattern: dict, name: str, default):
     return default
 
 
-def _model_config(config: dict, header: Optional[dict], model_card: Optional[str],
-                  pretrained_config: Optional[dict], n_embd: int, n_layer: int, source: str) -> GPT2Config:
+def _model_config(
+    config: dict,
+    header: Optional[dict],
+    model_card: Optional[str],
+    pretrained_config: Optional[dict],
+    n_embd: int,
+    n_layer: int,
+    source: str,
+) -> GPT2Config:
     """The backbone shape: our header, the backbone's config.json, the card given, the card the
     adapter's base model names, or the card whose n_embd and depth the tensors have."""
     if pretrained_config is not None:
@@ -247,12 +273,15 @@ def _model_config(config: dict, header: Optional[dict], model_card: Optional[str
             if len(fits) != 1:
                 raise CheckpointError(
                     f"{source}: cannot tell the GPT-2 size (base_model_name_or_path={base!r}, "
-                    f"n_embd={n_embd}); pass the model card or the pretrained backbone")
+                    f"n_embd={n_embd}); pass the model card or the pretrained backbone"
+                )
             card = fits[0]
         shape = GPT2Config.from_card(card)
     if shape.n_embd != n_embd or shape.n_layer < n_layer:
-        raise CheckpointError(f"{source}: LoRA tensors have n_embd={n_embd} and {n_layer} layers; the "
-                              f"backbone has n_embd={shape.n_embd} and {shape.n_layer} layers")
+        raise CheckpointError(
+            f"{source}: LoRA tensors have n_embd={n_embd} and {n_layer} layers; the "
+            f"backbone has n_embd={shape.n_embd} and {shape.n_layer} layers"
+        )
     return shape
 
 
@@ -284,8 +313,10 @@ def _scaled_modules(peft_tensors: Dict[str, torch.Tensor], config: dict, bias_mo
         if b and bias_mode != "none":
             biases[f"transformer.{b.group(1)}.bias"] = t.float()
             continue
-        raise CheckpointError(f"{source}: tensor {key!r} is not LoRA on GPT-2's c_attn, c_proj or c_fc "
-                              f"(nor a bias, adapter bias={bias_mode!r})")
+        raise CheckpointError(
+            f"{source}: tensor {key!r} is not LoRA on GPT-2's c_attn, c_proj or c_fc "
+            f"(nor a bias, adapter bias={bias_mode!r})"
+        )
     if not found:
         raise CheckpointError(f"{source}: no LoRA tensors")
     use_rslora = bool(config.get("use_rslora", False))
@@ -299,8 +330,10 @@ def _scaled_modules(peft_tensors: Dict[str, torch.Tensor], config: dict, bias_mo
         rank = a.shape[0]
         want_rank = _pattern_value(config.get("rank_pattern"), name, r_default)
         if b.shape[1] != rank or rank != want_rank:
-            raise CheckpointError(f"{source}: {name}: lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}, "
-                                  f"but {CONFIG_FILE} says rank {want_rank} (fields r / rank_pattern)")
+            raise CheckpointError(
+                f"{source}: {name}: lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}, "
+                f"but {CONFIG_FILE} says rank {want_rank} (fields r / rank_pattern)"
+            )
         alpha = float(_pattern_value(config.get("alpha_pattern"), name, alpha_default))
         modules[(i, path)] = (a, b, alpha / (math.sqrt(rank) if use_rslora else rank))
     return modules, biases
@@ -312,7 +345,7 @@ def _c_attn_layout(modules, C: int, notes: List[str]) -> Tuple[Tuple[bool, ...],
     attn = {i: (a, b) for (i, p), (a, b, _) in modules.items() if p == "attn.c_attn"}
     if not attn:
         return (True, True, True), False
-    live = [any(bool(b[j * C:(j + 1) * C].any()) for a, b in attn.values()) for j in range(3)]
+    live = [any(bool(b[j * C : (j + 1) * C].any()) for a, b in attn.values()) for j in range(3)]
     enable = tuple(live) if any(live) else (True, True, True)
     n = sum(enable)
     block = False
@@ -321,15 +354,21 @@ def _c_attn_layout(modules, C: int, notes: List[str]) -> Tuple[Tuple[bool, ...],
         for a, b in attn.values():
             r = a.shape[0] // n
             for j, s in enumerate(k for k in range(3) if enable[k]):
-                rows = b[s * C:(s + 1) * C]
-                if rows[:, :j * r].any() or rows[:, (j + 1) * r:].any():
+                rows = b[s * C : (s + 1) * C]
+                if rows[:, : j * r].any() or rows[:, (j + 1) * r :].any():
                     block = False
     if not all(enable):
-        notes.append(f"c_attn: slices {[SLICE_NAMES[j] for j in range(3) if not enable[j]]} are zero in "
-                     f"every layer; LoRA kept on {[SLICE_NAMES[j] for j in range(3) if enable[j]]}")
-    notes.append("c_attn: block-structured B, each slice has its own A (rank R / n)" if block and n > 1
-                 else "c_attn: each slice gets PEFT's whole A (rank R) and its rows of B" if n > 1
-                 else "c_attn: one slice")
+        notes.append(
+            f"c_attn: slices {[SLICE_NAMES[j] for j in range(3) if not enable[j]]} are zero in "
+            f"every layer; LoRA kept on {[SLICE_NAMES[j] for j in range(3) if enable[j]]}"
+        )
+    notes.append(
+        "c_attn: block-structured B, each slice has its own A (rank R / n)"
+        if block and n > 1
+        else "c_attn: each slice gets PEFT's whole A (rank R) and its rows of B"
+        if n > 1
+        else "c_attn: one slice"
+    )
     return enable, block
 
 
@@ -342,10 +381,14 @@ def _our_parts(modules, enable, block: bool, C: int):
             ours[(i, path)] = ([a], [b], a.shape[0], scale)
         elif block:
             r = a.shape[0] // len(on)
-            ours[(i, path)] = ([a[j * r:(j + 1) * r] for j in range(len(on))],
-                               [b[s * C:(s + 1) * C, j * r:(j + 1) * r] for j, s in enumerate(on)], r, scale)
+            ours[(i, path)] = (
+                [a[j * r : (j + 1) * r] for j in range(len(on))],
+                [b[s * C : (s + 1) * C, j * r : (j + 1) * r] for j, s in enumerate(on)],
+                r,
+                scale,
+            )
         else:
-            ours[(i, path)] = ([a] * len(on), [b[s * C:(s + 1) * C] for s in on], a.shape[0], scale)
+            ours[(i, path)] = ([a] * len(on), [b[s * C : (s + 1) * C] for s in on], a.shape[0], scale)
     return ours
 
 
@@ -363,8 +406,9 @@ def _one_rank_and_scale(ours, model_config: GPT2Config, enable, notes: List[str]
     paths = sorted({p for _, p in ours}, key=list(MODULE_SLICES).index)
     missing = [(i, p) for i in range(model_config.n_layer) for p in paths if (i, p) not in ours]
     if missing:
-        notes.append(f"{len(missing)} (layer, module) pairs have no PEFT adapter "
-                     f"(layers_to_transform): zero LoRA there")
+        notes.append(
+            f"{len(missing)} (layer, module) pairs have no PEFT adapter (layers_to_transform): zero LoRA there"
+        )
     tensors: Dict[str, torch.Tensor] = {}
     for i in range(model_config.n_layer):
         for p in paths:
@@ -385,9 +429,14 @@ def _one_rank_and_scale(ours, model_config: GPT2Config, enable, notes: List[str]
     return tensors, paths, r_star, s_star
 
 
-def from_peft(peft_tensors: Dict[str, torch.Tensor], config: dict, header: Optional[dict] = None,
-              model_card: Optional[str] = None, pretrained_config: Optional[dict] = None,
-              source: str = "PEFT adapter") -> Tuple[Dict[str, torch.Tensor], LoRAConfig, GPT2Config, dict]:
+def from_peft(
+    peft_tensors: Dict[str, torch.Tensor],
+    config: dict,
+    header: Optional[dict] = None,
+    model_card: Optional[str] = None,
+    pretrained_config: Optional[dict] = None,
+    source: str = "PEFT adapter",
+) -> Tuple[Dict[str, torch.Tensor], LoRAConfig, GPT2Config, dict]:
     """PEFT tensors and adapter config -> ``(our tensors, LoRAConfig, GPT2Config, extra metadata)``."""
     bias_mode = _check_config(config, f"{source}: {CONFIG_FILE}")
     modules, biases = _scaled_modules(peft_tensors, config, bias_mode, source)
@@ -406,20 +455,35 @@ def from_peft(peft_tensors: Dict[str, torch.Tensor], config: dict, header: Optio
     init = "gaussian" if config.get("init_lora_weights") == "gaussian" else "kaiming"
     rule = "alpha/sqrt(r)" if use_rslora else "alpha/r"
     alpha_star = s_star * (math.sqrt(r_star) if use_rslora else r_star)
-    lora_config = LoRAConfig(r=r_star, alpha=alpha_star, dropout=float(config.get("lora_dropout", 0.0)),
-                             targets=tuple(targets), scaling_rule=rule, init=init, bias=bias_mode)
-    extra = {"imported_from": {"format": "peft", "folder": os.path.basename(os.path.dirname(os.path.abspath(source))),
-                               "peft_version": config.get("peft_version"),
-                               "base_model_name_or_path": config.get("base_model_name_or_path"),
-                               "notes": notes}}
+    lora_config = LoRAConfig(
+        r=r_star,
+        alpha=alpha_star,
+        dropout=float(config.get("lora_dropout", 0.0)),
+        targets=tuple(targets),
+        scaling_rule=rule,
+        init=init,
+        bias=bias_mode,
+    )
+    extra = {
+        "imported_from": {
+            "format": "peft",
+            "folder": os.path.basename(os.path.dirname(os.path.abspath(source))),
+            "peft_version": config.get("peft_version"),
+            "base_model_name_or_path": config.get("base_model_name_or_path"),
+            "notes": notes,
+        }
+    }
     if header is not None:  # our own export: take back the exact alpha and what else it said
         try:
             theirs = LoRAConfig.from_dict(header)
         except (TypeError, ValueError):
             theirs = None
-        if theirs is not None and (theirs.r, theirs.scaling_rule, tuple(theirs.targets), theirs.bias) == \
-                (lora_config.r, rule, tuple(targets), bias_mode) and \
-                math.isclose(theirs.scaling, lora_config.scaling, rel_tol=1e-9):
+        if (
+            theirs is not None
+            and (theirs.r, theirs.scaling_rule, tuple(theirs.targets), theirs.bias)
+            == (lora_config.r, rule, tuple(targets), bias_mode)
+            and math.isclose(theirs.scaling, lora_config.scaling, rel_tol=1e-9)
+        ):
             lora_config = theirs
             reserved = set(lora_config.to_dict()) | {"model_card", "model_config", "imported_from"}
             extra.update({k: v for k, v in header.items() if k not in reserved})
@@ -440,6 +504,7 @@ def import_peft(folder, out_path, model_card: Optional[str] = None, pretrained: 
         with open(cfg_path, encoding="utf-8") as f:
             pretrained_config = json.load(f)
     tensors, lora_config, model_config, extra = from_peft(
-        peft_tensors, config, header, model_card, pretrained_config, source=path)
+        peft_tensors, config, header, model_card, pretrained_config, source=path
+    )
     write_adapter(out_path, tensors, lora_config, model_config, extra)
     return lora_config

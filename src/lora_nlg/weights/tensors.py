@@ -4,6 +4,7 @@
 ``torch.load(weights_only=True)``, which refuses a pickle that needs anything beyond tensors and
 plain containers: it is never executed.
 """
+
 import os
 import pickle
 import re
@@ -37,8 +38,9 @@ def read_tensors(path) -> Dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         return load_file(path, device="cpu")
     if not path.endswith(PICKLE_SUFFIXES):
-        raise CheckpointError(f"{path}: unknown checkpoint type; expected .safetensors or one of "
-                              f"{', '.join(PICKLE_SUFFIXES)}")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint type; expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -48,11 +50,12 @@ def read_tensors(path) -> Dict[str, torch.Tensor]:
             f"code), and unpickling it could run that code. Only plain tensor state dicts are read "
             f"(torch.load(weights_only=True)). If you trust where the file comes from, convert it "
             f"once to safetensors and load that instead:\n"
-            f"  python -c \"import torch; from safetensors.torch import save_file; "
+            f'  python -c "import torch; from safetensors.torch import save_file; '
             f"sd = torch.load('{path}', weights_only=False); sd = sd.get('model_state_dict', sd); "
             f"save_file({{k: v.detach().clone().contiguous() for k, v in sd.items()}}, "
             f"'{os.path.splitext(path)[0]}.safetensors')\"\n"
-            f"(unpickler said: {reason})") from None
+            f"(unpickler said: {reason})"
+        ) from None
     for wrapper in ("model_state_dict", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -8,6 +8,7 @@ carry over unchanged. What the file does not hold is r's meaning, alpha and the 
 alpha and the model card are required (docs/UPSTREAM.md: a silent default scales the update 4x);
 r is checked against the tensors' shapes, and the result stores all three.
 """
+
 import os
 import re
 from typing import Dict, Optional, Sequence
@@ -20,9 +21,16 @@ from lora_nlg.weights.adapter import load_lora, write_adapter
 from lora_nlg.weights.tensors import CheckpointError
 
 
-def import_upstream(path, out_path, lora_dim: int, lora_alpha: float, model_card: str,
-                scaling_rule: str = "alpha/r", lora_dropout: float = 0.0,
-                c_attn_targets: Optional[Sequence[str]] = None) -> LoRAConfig:
+def import_upstream(
+    path,
+    out_path,
+    lora_dim: int,
+    lora_alpha: float,
+    model_card: str,
+    scaling_rule: str = "alpha/r",
+    lora_dropout: float = 0.0,
+    c_attn_targets: Optional[Sequence[str]] = None,
+) -> LoRAConfig:
     """Convert the upstream checkpoint ``path`` into our adapter ``out_path``; returns its LoRA config.
 
     lora_dim, lora_alpha: the ``--lora_dim`` / ``--lora_alpha`` the checkpoint was trained with
@@ -32,29 +40,44 @@ def import_upstream(path, out_path, lora_dim: int, lora_alpha: float, model_card
     path = os.fspath(path)
     tensors, metadata = load_lora(path)  # LoRA tensors only, ``module.`` removed
     if metadata is not None:
-        raise CheckpointError(f"{path}: already one of our adapters (it carries lora_nlg metadata: "
-                              f"r={metadata.get('r')}, alpha={metadata.get('alpha')}); nothing to import")
-    cfg = lora_config_from_tensors(tensors, alpha=lora_alpha, dropout=lora_dropout,
-                                   scaling_rule=scaling_rule, c_attn_targets=c_attn_targets)
+        raise CheckpointError(
+            f"{path}: already one of our adapters (it carries lora_nlg metadata: "
+            f"r={metadata.get('r')}, alpha={metadata.get('alpha')}); nothing to import"
+        )
+    cfg = lora_config_from_tensors(
+        tensors, alpha=lora_alpha, dropout=lora_dropout, scaling_rule=scaling_rule, c_attn_targets=c_attn_targets
+    )
     if cfg.r != lora_dim:
-        raise CheckpointError(f"{path}: the LoRA tensors have rank r={cfg.r} (lora_B has {cfg.r} columns), "
-                              f"not --lora_dim {lora_dim}")
+        raise CheckpointError(
+            f"{path}: the LoRA tensors have rank r={cfg.r} (lora_B has {cfg.r} columns), not --lora_dim {lora_dim}"
+        )
     model_config = GPT2Config.from_card(model_card)
     layers = {int(k.split(".h.")[1].split(".")[0]) for k in tensors}
     widths = {t.shape[1] for k, t in tensors.items() if k.endswith("lora_A") and "mlp.c_proj" not in k}
     if widths != {model_config.n_embd} or max(layers) + 1 != model_config.n_layer:
-        raise CheckpointError(f"{path}: LoRA tensors for n_embd={sorted(widths)} and {max(layers) + 1} layers; "
-                              f"model card {model_card} has n_embd={model_config.n_embd} and "
-                              f"{model_config.n_layer} layers")
-    extra = {"imported_from": {"format": "seed", "file": os.path.basename(path),
-                               "note": "r, alpha and model card given at import: upstream stores none"}}
+        raise CheckpointError(
+            f"{path}: LoRA tensors for n_embd={sorted(widths)} and {max(layers) + 1} layers; "
+            f"model card {model_card} has n_embd={model_config.n_embd} and "
+            f"{model_config.n_layer} layers"
+        )
+    extra = {
+        "imported_from": {
+            "format": "seed",
+            "file": os.path.basename(path),
+            "note": "r, alpha and model card given at import: upstream stores none",
+        }
+    }
     write_adapter(out_path, tensors, cfg, model_config, extra)
     return cfg
 
 
-def lora_config_from_tensors(tensors: Dict[str, torch.Tensor], alpha: float, dropout: float = 0.0,
-                             scaling_rule: str = "alpha/r",
-                             c_attn_targets: Optional[Sequence[str]] = None) -> LoRAConfig:
+def lora_config_from_tensors(
+    tensors: Dict[str, torch.Tensor],
+    alpha: float,
+    dropout: float = 0.0,
+    scaling_rule: str = "alpha/r",
+    c_attn_targets: Optional[Sequence[str]] = None,
+) -> LoRAConfig:
     """The ``LoRAConfig`` (r and targets) that LoRA tensors without metadata (upstream's) imply.
 
     alpha cannot be read off the tensors: pass the value used in training (the paper's recipes use
@@ -80,11 +103,15 @@ def lora_config_from_tensors(tensors: Dict[str, torch.Tensor], alpha: float, dro
     for i, mods in by_layer.items():
         for module, ab in mods.items():
             if set(ab) != {"A", "B"}:
-                raise CheckpointError(f"h.{i}.{module}: lora_A and lora_B must come together, found only lora_{''.join(ab)}")
+                raise CheckpointError(
+                    f"h.{i}.{module}: lora_A and lora_B must come together, found only lora_{''.join(ab)}"
+                )
             r = ab["B"].shape[1]
             if r < 1 or ab["A"].shape[0] % r:
-                raise CheckpointError(f"h.{i}.{module}: lora_A {tuple(ab['A'].shape)} and lora_B "
-                                      f"{tuple(ab['B'].shape)} do not share a rank r")
+                raise CheckpointError(
+                    f"h.{i}.{module}: lora_A {tuple(ab['A'].shape)} and lora_B "
+                    f"{tuple(ab['B'].shape)} do not share a rank r"
+                )
             ranks.add(r)
             slices.setdefault(module, set()).add(ab["A"].shape[0] // r)
     if len(ranks) > 1:
@@ -103,10 +130,17 @@ def lora_config_from_tensors(tensors: Dict[str, torch.Tensor], alpha: float, dro
                 raise CheckpointError(f"c_attn_targets {list(c_attn_targets)} do not fit {n} LoRA slices on c_attn")
             targets.extend(c_attn_targets)
         elif n == 1:
-            raise CheckpointError("LoRA on one slice of c_attn: q, k or v cannot be told from the "
-                                  "shapes; pass c_attn_targets=('q',) (or k, v)")
+            raise CheckpointError(
+                "LoRA on one slice of c_attn: q, k or v cannot be told from the "
+                "shapes; pass c_attn_targets=('q',) (or k, v)"
+            )
         else:
             targets.extend(("q", "v") if n == 2 else ("q", "k", "v"))
     order = list(TARGETS)
-    return LoRAConfig(r=ranks.pop(), alpha=alpha, dropout=dropout, scaling_rule=scaling_rule,
-                      targets=tuple(sorted(targets, key=order.index)))
+    return LoRAConfig(
+        r=ranks.pop(),
+        alpha=alpha,
+        dropout=dropout,
+        scaling_rule=scaling_rule,
+        targets=tuple(sorted(targets, key=order.index)),
+    )

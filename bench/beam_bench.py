@@ -3,7 +3,7 @@
     python bench/beam_bench.py                          # a GPU: the whole test set
     python bench/beam_bench.py --threads 1 --batch_size 8 --hf_inputs 24 --n_inputs 64 --seed_lines 4  # a CPU
 
-Inputs: the prepared ``data/e2e/test.jsonl`` (4,693 lines, the seed's encoded form) and
+Inputs: the prepared ``data/e2e/test.jsonl`` (4,693 lines, upstream's encoded form) and
 ``data/e2e/test_unique.jsonl`` (630 unique inputs); ``bash scripts/create_datasets.sh e2e`` writes them.
 
 (a) ``lora_nlg.beam`` against transformers' ``generate`` (its beam search), on the same inputs, the
@@ -14,16 +14,16 @@ Inputs: the prepared ``data/e2e/test.jsonl`` (4,693 lines, the seed's encoded fo
     sides alternate batch by batch (ours first on even batches, transformers first on odd ones),
     so a change of machine load during the run falls on both.
 (b) our decoding of every unique E2E test input (630; the paper's settings: beam 10, length
-    penalty 0.9, no-repeat-ngram 4, stop tokens 50256 and 628, early stopping) against the seed's
+    penalty 0.9, no-repeat-ngram 4, stop tokens 50256 and 628, early stopping) against upstream's
     protocol (microsoft/LoRA's gpt2_beam.py + data_utils.FT_Dataset, re-enacted on our model): every
     test line (4,693), batch 1; the query is the context's last seq_len - eval_len = 448 tokens
     right-padded to seq_len = 512, run for all 10 beams with the LM head on every position; then a
-    fixed 64 steps, each reordering the whole cache (``KVCache.reorder``, as the seed's
+    fixed 64 steps, each reordering the whole cache (``KVCache.reorder``, as upstream's
     ``_reorder_cache``), the n-gram ban as a Python loop per hypothesis, finished hypotheses
-    collected in a Python loop. Where the re-enactment differs it is cheaper than the seed: the
+    collected in a Python loop. Where the re-enactment differs it is cheaper than upstream: the
     seed also stacks every layer's whole cache into a new ``present`` tensor every step, and uses
     its own unfused attention and conv1d LoRA layers.
-    The seed's time is extrapolated from ``--seed_lines`` measured lines; ours is measured on
+    Upstream's time is extrapolated from ``--seed_lines`` measured lines; ours is measured on
     ``--n_inputs`` inputs (all 630 by default) and extrapolated to 630 when fewer.
 With random weights no hypothesis ends early, so early stopping saves nothing in (b): the ratio
 is what batching, running the prompt once and not padding to 512 buy.
@@ -60,7 +60,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def e2e_test_inputs(data_dir):
-    """(line prompts: 4,693, unique prompts: 630) of the E2E test set, the seed's encoding."""
+    """(line prompts: 4,693, unique prompts: 630) of the E2E test set, upstream's encoding."""
     paths = [os.path.join(data_dir, name) for name in ("test.jsonl", "test_unique.jsonl")]
     for path in paths:
         if not os.path.exists(path):
@@ -136,7 +136,7 @@ def compare_with_transformers(model, hf, prompts, settings, batch_size, device, 
 
 
 def seed_banned(history, n):
-    """The seed's per-hypothesis n-gram table (fairseq's loop)."""
+    """Upstream's per-hypothesis n-gram table (fairseq's loop)."""
     if len(history) + 1 < n or len(history) < n:
         return []
     grams = {}
@@ -147,7 +147,7 @@ def seed_banned(history, n):
 
 @torch.no_grad()
 def seed_protocol_line(model, prompt, device):
-    """One test line the seed's way (see the module docstring)."""
+    """One test line upstream's way (see the module docstring)."""
     q = prompt[-(SEQ_LEN - EVAL_LEN) :]  # FT_Dataset: padding_tokens(..., max_context_length=448)
     ids = torch.zeros(BEAM, SEQ_LEN, dtype=torch.long, device=device)  # ... right-padded to 512
     ids[:, : len(q)] = torch.tensor(q, device=device)
@@ -176,10 +176,10 @@ def seed_protocol_line(model, prompt, device):
         next_scores, next_tokens = torch.topk(next_scores, BEAM, dim=1)
         beam_idx = (next_tokens // V).view(-1)
         token = (next_tokens % V).view(-1, 1)
-        cache.reorder(beam_idx)  # the whole cache, as the seed's _reorder_cache
+        cache.reorder(beam_idx)  # the whole cache, as upstream's _reorder_cache
         beam_scores = next_scores
         history = token if history is None else torch.cat([history[beam_idx], token], 1)
-        for row in range(BEAM):  # the seed's _add_beam_candidate
+        for row in range(BEAM):  # upstream's _add_beam_candidate
             if history[row, -1] in STOPS or i == EVAL_LEN - 1:
                 score = beam_scores.view(-1)[row] / history.shape[1] ** LP
                 if best_score is None or best_score < score:
@@ -205,7 +205,7 @@ def main(argv=None):
         help="unique inputs we decode for (b), a random subset extrapolated to 630 (630 = all)",
     )
     ap.add_argument("--hf_inputs", type=int, default=128, help="inputs for (a) and (a'), a random subset")
-    ap.add_argument("--seed_lines", type=int, default=20, help="test lines the seed's protocol is timed on")
+    ap.add_argument("--seed_lines", type=int, default=20, help="test lines upstream's protocol is timed on")
     ap.add_argument("--skip_ngram_comparison", action="store_true", help="skip (a')")
     ap.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared CPU 1 thread is steadier)"
@@ -293,7 +293,7 @@ def main(argv=None):
             flush=True,
         )
 
-    # (b) the paper's settings on every unique input against the seed's protocol on every line
+    # (b) the paper's settings on every unique input against upstream's protocol on every line
     paper = BeamSettings(
         beam=BEAM,
         eval_len=EVAL_LEN,
@@ -324,7 +324,7 @@ def main(argv=None):
     }
     what = "measured" if len(ours_inputs) == len(unique) else f"extrapolated from {len(ours_inputs)}"
     print(
-        f"(b)  whole E2E test set: ours {ours_total:.1f}s ({what}), seed's protocol {seed_total:.1f}s "
+        f"(b)  whole E2E test set: ours {ours_total:.1f}s ({what}), upstream's protocol {seed_total:.1f}s "
         f"(extrapolated from {len(seed_subset)} lines, {t_seed / len(seed_subset):.2f}s each) -> "
         f"{seed_total / ours_total:.1f}x less time",
         flush=True,

@@ -3,7 +3,7 @@
 1. wall time of `bash scripts/create_datasets.sh all` from scratch into a temporary folder, and of
    the re-run that finds everything up to date;
 2. fraction of padding tokens on E2E train with batch 8: our length-bucketed batches padded to
-   their own longest sequence, random batches padded to their own longest, and the seed's
+   their own longest sequence, random batches padded to their own longest, and upstream's
    padding of every sequence to 512.
 
     python bench/data_bench.py [--mirror DIR] [--batch_size 8] [--seq_len 512] [--seed 0]
@@ -37,7 +37,7 @@ class BenchConfig:
     batch_size: int = 8
     """Batch size for the padding figures."""
     seq_len: int = 512
-    """The seed's fixed sequence length."""
+    """Upstream's fixed sequence length."""
     seed: int = 0
     """Sampler seed."""
 

@@ -60,7 +60,7 @@ def rows(train, beam, evaluation):
             out.append(
                 (
                     "decoding",
-                    "E2E test set vs the seed's protocol (4,693 lines, batch 1)",
+                    "E2E test set vs upstream's protocol (4,693 lines, batch 1)",
                     b["speedup"],
                     f"{where}; ours {b['ours_total_s']:.1f} s, seed {b['seed_total_s']:.1f} s (extrapolated "
                     f"from {b['seed_lines_measured']} lines)",

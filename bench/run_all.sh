@@ -4,7 +4,7 @@
 #   bash bench/run_all.sh [--quick] [--out DIR] [--only train,beam,eval]
 #
 # With CUDA: each benchmark at its full size on the GPU (train_bench.py, beam_bench.py defaults).
-# Without CUDA, or with --quick: the CPU sizes of their docstrings (train: 4 steps, the seed method 1;
+# Without CUDA, or with --quick: the CPU sizes of their docstrings (train: 4 steps, upstream method 1;
 # decoding: 16 of the 630 E2E test inputs, 8 for the transformers comparison, 2 seed lines;
 # evaluation always runs whole: it is CPU work). Reports go to DIR (default bench_out/:
 # train.json, beam.json, eval.json, each benchmark's output in <name>.log, table.md). A benchmark

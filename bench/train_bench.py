@@ -1,4 +1,4 @@
-"""Training speed: our LoRA step against transformers + PEFT and against the seed's method.
+"""Training speed: our LoRA step against transformers + PEFT and against upstream's method.
 
     python bench/train_bench.py                      # CUDA if available, else CPU
     python bench/train_bench.py --device cpu --steps 4 --seed_steps 1
@@ -13,11 +13,11 @@ AdamW; one optimizer step = forward, backward and optimizer step of one batch.
   LoRA on slices of the fused layer: q, k and v all get it), the same batches, HF's own loss
   (full-vocabulary logits at every position, labels -100 outside the completion).
 - ours+compile (``--compile``): ours with the transformer body compiled (``gpt2_ft.py --compile``).
-- seed: the seed's method on our model: every sequence padded to 512 tokens and full-vocabulary
-  logits at every position, loss masked afterwards. (The seed's own LoRA layer, a grouped conv1d
+- seed: upstream's method on our model: every sequence padded to 512 tokens and full-vocabulary
+  logits at every position, loss masked afterwards. (Upstream's own LoRA layer, a grouped conv1d
   that rebuilds delta-W on every call, would be slower still.)
 
-Timing: ours and peft alternate step by step so that a busy machine slows them alike; the seed
+Timing: ours and peft alternate step by step so that a busy machine slows them alike; upstream
 method runs after them; the median step time is reported, after ``--warmup`` untimed steps.
 Peak memory: ``torch.cuda.max_memory_allocated`` during one step on CUDA; on the CPU the peak
 resident set (VmHWM) of a fresh child process running two steps of that method alone.
@@ -234,7 +234,7 @@ def main(argv=None):
     )
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--steps", type=int, default=30, help="timed steps per method (ours, peft)")
-    p.add_argument("--seed_steps", type=int, default=None, help="timed steps of the seed method (default: --steps)")
+    p.add_argument("--seed_steps", type=int, default=None, help="timed steps of upstream's method (default: --steps)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument(
@@ -265,7 +265,7 @@ def main(argv=None):
     steps = {m.name: (args.seed_steps or args.steps) if m.name == "seed" else args.steps for m in methods}
     times = {m.name: [] for m in methods}
     peak = {}
-    # ours and peft alternate step by step (a busy machine slows both alike); the seed method,
+    # ours and peft alternate step by step (a busy machine slows both alike); upstream's method,
     # whose 512-token batches take several times the memory, runs on its own afterwards.
     paired = [m for m in methods if m.name != "seed"]
     for m in methods:

@@ -3,7 +3,7 @@
 #   bash scripts/create_datasets.sh [e2e|webnlg|dart|all ...] [--mirror DIR] [--force] [--no_download]
 #                                   [--e2e_text raw|moses] [--data_dir DIR]
 # Raw files come from the mirror folder (--mirror, else $NLG_DATA_MIRROR, else ../shared/data when
-# it exists) or are downloaded from the official URLs in data/sources.json into data/cache/; their
+# it exists) or are downloaded from the official URLs in src/lora_nlg/data/sources.json into data/cache/; their
 # sha256 is checked either way. Re-running rebuilds only what is out of date.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY

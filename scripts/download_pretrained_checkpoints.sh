@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch pretrained GPT-2 checkpoints (Hugging Face Hub, sha256-checked) into pretrained_checkpoints/.
 #   bash scripts/download_pretrained_checkpoints.sh [gpt2.sm gpt2.md gpt2.lg gpt2.xl] [--mirror DIR]
-# Default: gpt2.sm gpt2.md gpt2.lg (as the seed's script). Offline: --mirror DIR or NLG_MODEL_MIRROR.
+# Default: gpt2.sm gpt2.md gpt2.lg (as upstream's script). Offline: --mirror DIR or NLG_MODEL_MIRROR.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
 cd "$ROOT"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Export our LoRA adapters to PEFT or to a merged Hugging Face GPT-2 folder; import PEFT adapters
-# and the seed's released checkpoints. Arguments go to src/lora_export.py:
+# and upstream's released checkpoints. Arguments go to src/lora_export.py:
 #   bash scripts/export.sh export peft   CKPT OUT_DIR
 #   bash scripts/export.sh export merged CKPT OUT_DIR [--pretrained PATH]
 #   bash scripts/export.sh import peft   ADAPTER_DIR OUT.safetensors

@@ -1,4 +1,4 @@
-"""Batching: the seed's example rule, per-batch padding, and the length-bucketed sampler."""
+"""Batching: upstream's example rule, per-batch padding, and the length-bucketed sampler."""
 
 import json
 import logging
@@ -13,7 +13,7 @@ from lora_nlg.data.batching import BucketBatchSampler, FTDataset, collate
 from lora_nlg.data.files import read_encoded, read_unique
 from lora_nlg.data.tokenizer import GPT2Tokenizer
 
-# --- the seed's FT_Dataset (microsoft/LoRA examples/NLG/src/data_utils.py), re-typed ----------
+# --- upstream's FT_Dataset (microsoft/LoRA examples/NLG/src/data_utils.py), re-typed ----------
 
 
 def _seed_padding_tokens(tokens, max_seq_length, pad_token, direct):
@@ -304,7 +304,7 @@ def test_load_state_dict_refuses_a_different_setup():
 
 
 def test_real_e2e_valid_padding(tmp_path, mirror):
-    """On E2E valid, encoded for real: bucketed batches of 8 waste little; the seed's 512 wastes most."""
+    """On E2E valid, encoded for real: bucketed batches of 8 waste little; upstream's 512 wastes most."""
     tok = GPT2Tokenizer.from_dir(mirror / "gpt2-vocab")
     prepare.write_split(tmp_path, "valid", D.read_e2e_csv(mirror / "e2e" / "devset.csv"), tok)
     ds = FTDataset(read_encoded(tmp_path / "valid.jsonl"), seq_len=512)

@@ -1,20 +1,20 @@
 """Batched beam search (lora_nlg.beam) against references: greedy decoding, brute force on a toy
 model, transformers' generate, per-input decoding, uncached decoding, Python versions of the
-seed's processors.
+upstream's processors.
 
 Models run in float64 so that batching / padding / caching differences in the last bits cannot
 flip a choice between two hypotheses (the search keeps the model's precision when it is >= 32 bit).
 
-Where transformers' rules and the seed's coincide (so `generate` is a reference), checked in the
+Where transformers' rules and upstream's coincide (so `generate` is a reference), checked in the
 source of transformers 5.24 (`generation/utils.py`, `_beam_search`):
 - beam > 1: transformers applies logits processors to log-probs (after log_softmax, no
   renormalisation), keeps 2 * beam candidates so that a stop token never takes a running slot,
-  and stops by a heuristic (`early_stopping`); the seed processes logits before log_softmax and a
+  and stops by a heuristic (`early_stopping`); upstream processes logits before log_softmax and a
   stop token takes its slot. They coincide when no stop token exists (`eos_token_id=None`,
   ``stop_ids=()``), no processor is on (no n-gram ban, repetition penalty 1, min length 0) and
   the length is fixed (`max_new_tokens = eval_len`); then any `length_penalty` agrees (both divide
   by the generated length, which is the same for every final hypothesis) and so do the scores.
-- beam 1: transformers' greedy search applies the processors to the raw logits, as the seed does,
+- beam 1: transformers' greedy search applies the processors to the raw logits, as upstream does,
   and stops at the stop token: equal with a stop id, `min_new_tokens` = our `min_length`, and the
   n-gram ban and repetition penalty over prompt + generated tokens (our `include_prompt_*`).
 """
@@ -150,7 +150,7 @@ def test_enough_beams_find_the_exact_best_sequence(length_penalty):
 
 def test_early_stop_equals_fixed_steps_and_stops_early(model):
     """Stopping an input once nothing can beat its best finished hypothesis gives what running
-    all eval_len steps gives (the seed's protocol), for short- and long-favouring penalties; a
+    all eval_len steps gives (upstream's protocol), for short- and long-favouring penalties; a
     heuristic bound (transformers' default: the current length) differs for some of these."""
     # a stop id on every prompt's greedy path, so that every input has finished hypotheses
     stops = tuple(sorted({greedy(model, p, 3)[2] for p in PROMPTS}))
@@ -163,7 +163,7 @@ def test_early_stop_equals_fixed_steps_and_stops_early(model):
         fixed = beam_search(model, PROMPTS, BeamSettings(**settings, early_stop=False))
         handle.remove()
         _same(early, fixed)
-        assert len(calls) == 24  # the seed's protocol: every step
+        assert len(calls) == 24  # upstream's protocol: every step
         if lp == 0.0:
             assert n_early < 24
 
@@ -283,7 +283,7 @@ def test_results_come_back_in_input_order_and_within_eval_len(model):
 
 
 def seed_banned_tokens(tokens, n):
-    """The seed's rule (fairseq's): n-grams of the history -> tokens banned after its last n-1."""
+    """Upstream's rule (fairseq's): n-grams of the history -> tokens banned after its last n-1."""
     if len(tokens) + 1 < n or len(tokens) < n:
         return set()
     grams = {}
@@ -328,10 +328,10 @@ def test_no_repeat_ngram_changes_the_result_and_bans_repeats(model):
 
 @torch.no_grad()
 def test_no_repeat_ngram_with_the_prompt(model):
-    """The seed's rule ignores the prompt; transformers' rule also bans n-grams of the prompt.
+    """Upstream's rule ignores the prompt; transformers' rule also bans n-grams of the prompt.
 
     Prompts ``[x, z, 3, x]`` after which greedy decoding says z: the bigram (x, z) is in the
-    prompt, so only the seed's rule lets the output start with z."""
+    prompt, so only upstream's rule lets the output start with z."""
     V = model.config.vocab_size
     prompts = []
     for x in range(0, V, 5):
@@ -352,7 +352,7 @@ def test_no_repeat_ngram_with_the_prompt(model):
 
 
 def seed_repetition_penalty(logits, history, penalty):
-    """The seed's loop (without its debug prints): per row, per distinct earlier token."""
+    """Upstream's loop (without its debug prints): per row, per distinct earlier token."""
     logits = logits.clone()
     for i in range(logits.shape[0]):
         for token in set(history[i]):

@@ -1,4 +1,4 @@
-"""gpt2_beam.py end to end on the tiny GPT-2: adapters and their stored alpha, the seed's .pt,
+"""gpt2_beam.py end to end on the tiny GPT-2: adapters and their stored alpha, upstream's .pt,
 the backbone rule, input formats, the output file, and 2 gloo ranks against 1."""
 
 import json
@@ -68,7 +68,7 @@ def files(tmp_path_factory, hf_tiny_dir):
     with open(root / "test_unique.jsonl", "w") as f:
         for i, p in zip(IDS, PROMPTS):
             f.write(json.dumps({"id": i, "context": f"input {i}", "context_ids": p, "references": ["r"]}) + "\n")
-    with open(root / "test.jsonl", "w") as f:  # the seed's encoded form: each input once per reference
+    with open(root / "test.jsonl", "w") as f:  # upstream's encoded form: each input once per reference
         for p in [PROMPTS[0], PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[2], PROMPTS[2]]:
             f.write(json.dumps({"context": p, "completion": [1, 2]}) + "\n")
     return dict(
@@ -192,7 +192,7 @@ def test_encoded_input_one_line_per_pair_each_prompt_decoded_once(files, tmp_pat
 
 
 def test_seq_len_keeps_the_last_tokens_of_a_long_prompt(files, tmp_path):
-    # seq_len - eval_len = 3: every prompt keeps its last 3 tokens, as the seed's query does
+    # seq_len - eval_len = 3: every prompt keeps its last 3 tokens, as upstream's query does
     rc, out = _run(files, tmp_path, "--init_checkpoint", str(files["adapter"]), "--seq_len", "15")
     assert rc == 0
     by_id = {r["id"]: r["token_ids"] for r in out}

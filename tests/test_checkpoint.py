@@ -1,4 +1,4 @@
-"""Checkpoint formats in and out: Hugging Face folders, the seed's files, adapters; strict errors."""
+"""Checkpoint formats in and out: Hugging Face folders, upstream's files, adapters; strict errors."""
 
 import json
 import os
@@ -36,7 +36,7 @@ def save_safetensors(tensors, path):
 
 # Formats other than transformers 5's own, built from the reference state dict.
 def hub_original(state):
-    """The Hub's original GPT-2 files (what the seed downloads): no 'transformer.' prefix, no
+    """The Hub's original GPT-2 files (what upstream downloads): no 'transformer.' prefix, no
     lm_head, and the causal-mask buffers attn.bias / attn.masked_bias stored as tensors."""
     out = {k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")}
     P = TINY["n_positions"]
@@ -47,7 +47,7 @@ def hub_original(state):
 
 
 def seed_full(state, tf_names=True):
-    """The seed's full-model .pt body: DDP's 'module.' prefix, TF-style .g/.b/.w names, its
+    """Upstream's full-model .pt body: DDP's 'module.' prefix, TF-style .g/.b/.w names, its
     lm_head.decoder.weight (tied) and its attn.bias mask buffers."""
     out = {}
     for k, v in hub_original(state).items():
@@ -244,7 +244,7 @@ def test_lora_only_file_is_not_a_backbone(tmp_path):
 
 
 def test_seed_full_checkpoint_with_lora(tmp_path, hf_tiny_state):
-    """The seed's final checkpoint: frozen backbone plus LoRA. load_pretrained says to split it;
+    """Upstream's final checkpoint: frozen backbone plus LoRA. load_pretrained says to split it;
     load_lora takes its LoRA tensors."""
     body = seed_full(hf_tiny_state)
     for i in range(TINY["n_layer"]):

@@ -1,4 +1,4 @@
-"""Datasets: readers of the official and the seed's formats, and create_datasets' outputs.
+"""Datasets: readers of the official and upstream's formats, and create_datasets' outputs.
 
 Runs on the real raw files of the mirror (`../shared/data` or NLG_DATA_MIRROR). Everything is
 prepared once per test process (`prepared`, about 15 s; shared with test_tokenizer.py) and the
@@ -323,12 +323,12 @@ def test_vocab_copied_and_ignored_by_git(prepared, mirror):
 
 
 # ----------------------------------------------------------------------------------------------
-# The seed's formats give the same records
+# Upstream's formats give the same records
 
 
 def test_e2e_seed_format_and_official_csv_agree(mirror):
-    """Contexts: equal line for line on valid and test (the seed tokenized MR values with Moses).
-    Completions: the seed's are Moses-tokenized; our tokenization recipe applied to the official
+    """Contexts: equal line for line on valid and test (upstream tokenized MR values with Moses).
+    Completions: upstream's are Moses-tokenized; our tokenization recipe applied to the official
     references reproduces valid.txt on all 4,672 lines; test.txt was made with another tokenizer
     upstream (`is n't`), and 4,557 of its 4,693 lines match. Grouping into inputs: equal."""
     for csv_name, seed_name, n_lines, n_same_completions in (
@@ -350,7 +350,7 @@ def test_e2e_seed_format_and_official_csv_agree(mirror):
 
 
 def test_e2e_moses_formatted_valid_is_the_seeds_converter_output(mirror, tok, tmp_path):
-    """With --e2e_text moses our valid_formatted.jsonl is byte for byte what the seed's
+    """With --e2e_text moses our valid_formatted.jsonl is byte for byte what upstream's
     format_converting_e2e.py writes from its valid.txt."""
     seed_lines = []
     for line in D.read_text(mirror / "e2e" / "microsoft-format" / "valid.txt").splitlines():
@@ -389,7 +389,7 @@ def test_webnlg_xml_and_seed_json_give_identical_records(mirror, split, xml, see
 
 
 def _seed_webnlg_converter(data):
-    """microsoft/LoRA src/format_converting_webnlg.py, re-typed: the seed's formatted lines."""
+    """microsoft/LoRA src/format_converting_webnlg.py, re-typed: upstream's formatted lines."""
     out = []
     for i, example in enumerate(data["entries"]):
         entry = example[str(i + 1)]

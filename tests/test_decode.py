@@ -1,5 +1,5 @@
 """gpt2_decode.py: the files the E2E scorer and GenerationEval read, in both protocols, from our
-files and from the seed's; checked with the scorers' own reading rules on the real test sets."""
+files and from upstream's; checked with the scorers' own reading rules on the real test sets."""
 
 import json
 
@@ -208,7 +208,7 @@ def test_webnlg_seen_unseen_filter(tmp_path):
 
 
 def test_seed_formatted_input_and_seed_predictions(tmp_path):
-    """The seed's files: *_formatted.jsonl (one line per pair) and {"id": line, "predict": ids}."""
+    """Upstream's files: *_formatted.jsonl (one line per pair) and {"id": line, "predict": ids}."""
     tok = GPT2Tokenizer.from_dir()
     lines = [
         ("name : A", "Ref a1"),
@@ -220,7 +220,7 @@ def test_seed_formatted_input_and_seed_predictions(tmp_path):
     with open(tmp_path / "test_formatted.jsonl", "w") as f:
         for c, t in lines:
             f.write(json.dumps({"context": c, "completion": t}) + "\n")
-    with open(tmp_path / "sample.jsonl", "w") as f:  # every line decoded, as the seed did; zeros after EOS
+    with open(tmp_path / "sample.jsonl", "w") as f:  # every line decoded, as upstream did; zeros after EOS
         for i in range(len(lines)):
             f.write(json.dumps({"id": i, "predict": tok.encode(f" Out {i}.") + [50256, 0, 0]}) + "\n")
     args = [

@@ -5,7 +5,7 @@
   PEFT's logits in our model; ours -> PEFT -> ours gives back the same tensors and config;
 - merged export -> ``GPT2LMHeadModel.from_pretrained`` gives our logits;
 - a seed-format ``.pt`` -> import -> beam search decodes what our model with the same tensors
-  decodes, and the seed's layout is checked against loralib's ``MergedLinear``;
+  decodes, and upstream's layout is checked against loralib's ``MergedLinear``;
 - scales PEFT cannot express fail with a message.
 
 Logit comparisons run in float64 (as ``test_lora.py``): the algebra then agrees to ~1e-12 and the
@@ -232,7 +232,7 @@ def test_seed_checkpoint_decodes_like_our_model(hf_tiny_dir, tmp_path):
     assert metadata["imported_from"]["format"] == "seed"
     imported = model_with_adapter(tmp_path / "s.safetensors", str(hf_tiny_dir))
 
-    # The seed's own layer (loralib.MergedLinear, fan_in_fan_out as in its model.py) with the
+    # Upstream's own layer (loralib.MergedLinear, fan_in_fan_out as in its model.py) with the
     # file's tensors computes what our c_attn computes.
     ours_c_attn = copy.deepcopy(imported.transformer.h[0].attn.c_attn).double()
     seed_layer = loralib.MergedLinear(
@@ -262,8 +262,8 @@ def test_seed_checkpoint_decodes_like_our_model(hf_tiny_dir, tmp_path):
 
 def test_imported_seed_checkpoint_decodes_with_gpt2_beam(hf_tiny_dir, tmp_path):
     """The decoding program gives the same predictions for the imported adapter, for our own
-    adapter with the same tensors, and for the seed file with the right --lora_dim/--lora_alpha;
-    the seed decoder's default alpha (128) gives others."""
+    adapter with the same tensors, and for upstream file with the right --lora_dim/--lora_alpha;
+    upstream decoder's default alpha (128) gives others."""
     import gpt2_beam
 
     reference = load_pretrained(hf_tiny_dir)
@@ -323,7 +323,7 @@ def test_seed_import_checks_rank_and_needs_alpha(hf_tiny_dir, tmp_path):
         from lora_nlg.weights.upstream import import_upstream
 
         import_upstream(tmp_path / "seed.pt", tmp_path / "x.safetensors", 2, 32, "gpt2.tiny")
-    with pytest.raises(SystemExit):  # --lora_alpha has no default: the seed never stored it
+    with pytest.raises(SystemExit):  # --lora_alpha has no default: upstream never stored it
         lora_export.main(
             [
                 "import",

@@ -1,4 +1,4 @@
-"""LoRA against loralib 0.1.2 (the seed's implementation) and its algebraic contract.
+"""LoRA against loralib 0.1.2 (upstream's implementation) and its algebraic contract.
 
 Model-level comparisons run in float64 (``tiny64``): the shared tiny model is deliberately loud
 (initializer_range=0.2), and in float32 it turns rounding into logit differences of ~3e-5, which
@@ -54,7 +54,7 @@ def randomize_lora(model, seed=0, std=0.1):
 
 def loralib_model(base, lora_model, cfg):
     """``base`` (a plain GPT2LMModel) with its targeted layers replaced by loralib's layers holding
-    the same weights and the same A, B as ``lora_model``: the seed's computation."""
+    the same weights and the same A, B as ``lora_model``: upstream's computation."""
     ref = copy.deepcopy(base)
     ours = dict(lora_modules(lora_model))
     enable = [t in cfg.targets for t in ("q", "k", "v")]
@@ -150,7 +150,7 @@ def test_merge_float32_layer():
     "targets", [("q", "v"), ("k",), ("q", "k", "v"), ("mlp.c_fc",), ("v", "attn.c_proj", "mlp.c_proj")]
 )
 def test_same_output_as_loralib(tiny64, token_ids, targets):
-    """loralib.MergedLinear(enable_lora=..., fan_in_fan_out=True) on c_attn (the seed's layer) and
+    """loralib.MergedLinear(enable_lora=..., fan_in_fan_out=True) on c_attn (upstream's layer) and
     loralib.Linear on plain layers, with the same A and B, compute the same model."""
     tiny_model = tiny64
     base = copy.deepcopy(tiny_model)
@@ -188,7 +188,7 @@ def test_rslora_scaling():
 
 
 def test_seed_lora_checkpoint_reproduces_loralib(tiny64, token_ids, tmp_path):
-    """A LoRA-only file as the seed writes it (torch.save of {'model_state_dict': ...} with
+    """A LoRA-only file as upstream writes it (torch.save of {'model_state_dict': ...} with
     DistributedDataParallel's 'module.' prefix) loads and computes what loralib computed."""
     tiny_model = tiny64
     base = copy.deepcopy(tiny_model)
@@ -204,7 +204,7 @@ def test_seed_lora_checkpoint_reproduces_loralib(tiny64, token_ids, tmp_path):
     torch.save({"model_state_dict": seed_sd}, path)
 
     tensors, metadata = load_lora(path)
-    assert metadata is None  # the seed stores neither r nor alpha
+    assert metadata is None  # upstream stores neither r nor alpha
     cfg = lora_config_from_tensors(tensors, alpha=32)
     assert (cfg.r, cfg.alpha, cfg.targets, cfg.scaling) == (4, 32, ("q", "v"), 8.0)
     apply_lora(tiny_model, cfg)

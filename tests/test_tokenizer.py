@@ -2,11 +2,11 @@
 
 References, both built from the same local encoder.json / vocab.bpe:
 - transformers' GPT2Tokenizer (in transformers 5 it runs on the `tokenizers` library too);
-- OpenAI's pure-Python BPE algorithm (openai/gpt-2 `encoder.py`, which the seed's
+- OpenAI's pure-Python BPE algorithm (openai/gpt-2 `encoder.py`, which upstream's
   `examples/NLG/src/encoder.py` copies), re-typed below. transformers 5 no longer ships a slow
-  GPT-2 tokenizer, and this is the very algorithm the seed encoded its data with, so the
+  GPT-2 tokenizer, and this is the very algorithm upstream encoded its data with, so the
   comparison is not tokenizers-vs-tokenizers.
-The texts: every context and reference of every prepared split and of the seed's E2E files, and
+The texts: every context and reference of every prepared split and of upstream's E2E files, and
 " " + reference as completions are encoded, deduplicated: about 174,000 texts. transformers sees all of them. The pure-Python
 reference (too slow for all of them on a busy 2-core machine) sees a large deterministic sample:
 every text with a non-ASCII character (about 34,600: the risky ones for byte-level BPE) and every
@@ -22,6 +22,7 @@ import regex
 import upstream_files as U
 
 from lora_nlg.data import files
+from lora_nlg.data import sources as S
 from lora_nlg.data import tokenizer as T
 from lora_nlg.data.tokenizer import GPT2Tokenizer, default_vocab_dir
 
@@ -76,7 +77,7 @@ EDGE_TEXTS = [
 @pytest.fixture(scope="module")
 def all_texts(mirror, prepared):
     """Every context and completion of every prepared split (E2E, WebNLG, DART valid/test: the
-    texts our files encode) and of the seed's E2E valid.txt / test.txt (Moses-tokenized)."""
+    texts our files encode) and of upstream's E2E valid.txt / test.txt (Moses-tokenized)."""
     texts = set(EDGE_TEXTS)
     n = 0
     for path in sorted(prepared.glob("*/*_formatted.jsonl")):
@@ -173,7 +174,7 @@ def test_vocabulary_size_and_eos(tok, vocab_and_merges):
 
 
 def test_endoftext_in_data_is_plain_text(tok):
-    # As in the seed's encoder: a data string never becomes the end-of-text id.
+    # As in upstream's encoder: a data string never becomes the end-of-text id.
     ids = tok.encode("<|endoftext|>")
     assert 50256 not in ids and tok.decode(ids) == "<|endoftext|>"
 
@@ -230,7 +231,7 @@ def test_decode_of_a_cut_character_gives_replacement_char(tok):
 def test_default_vocab_dir_order(monkeypatch, tmp_path, mirror):
     fake_repo = tmp_path / "repo"
     fake_repo.mkdir()
-    monkeypatch.setattr(T, "REPO", fake_repo)
+    monkeypatch.setattr(S, "REPO", fake_repo)
     monkeypatch.delenv("NLG_VOCAB_DIR", raising=False)
     monkeypatch.setenv("NLG_DATA_MIRROR", str(mirror))
     assert default_vocab_dir() == mirror / "gpt2-vocab"
@@ -244,7 +245,7 @@ def test_default_vocab_dir_order(monkeypatch, tmp_path, mirror):
 
 
 def test_default_vocab_dir_missing_says_what_to_run(monkeypatch, tmp_path):
-    monkeypatch.setattr(T, "REPO", tmp_path / "repo")
+    monkeypatch.setattr(S, "REPO", tmp_path / "repo")
     monkeypatch.delenv("NLG_VOCAB_DIR", raising=False)
     monkeypatch.setenv("NLG_DATA_MIRROR", str(tmp_path / "no-mirror"))
     with pytest.raises(FileNotFoundError, match="scripts/create_datasets.sh"):

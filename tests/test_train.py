@@ -1,7 +1,7 @@
 """Training (`src/gpt2_ft.py`, `lora_nlg.train.loop`): tiny GPT-2 on the CPU, real E2E examples.
 
 The data are the first pairs of the official E2E dev set (the mirror's `e2e/devset.csv`), encoded
-as the seed encodes them, written to a temporary folder: nothing depends on a prepared `data/`.
+as upstream encodes them, written to a temporary folder: nothing depends on a prepared `data/`.
 Runs go through `main(argv)` in-process where possible, and through real subprocesses
 (`python -m torch.distributed.run`, `kill -9`, SIGTERM) where the process boundary is the point.
 """
@@ -418,7 +418,7 @@ def test_scheduler_counts_optimizer_steps_under_grad_acc(e2e_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def seed_style_checkpoint(tmp_path_factory):
-    """A tiny GPT-2 saved like the seed's `gpt2-medium-pytorch_model.bin`: a pickled state dict
+    """A tiny GPT-2 saved like upstream's `gpt2-medium-pytorch_model.bin`: a pickled state dict
     with Hugging Face's GPT2Model names (no `transformer.` prefix) in Conv1D layout."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("pretrained")
@@ -548,7 +548,7 @@ def test_cycle_scheduler_takes_max_step_from_i_steps_and_refuses_warmup(e2e_data
     assert "--warmup_step has no effect with --scheduler cycle" in capsys.readouterr().err
     work = tmp_path / "run"
     assert main(tiny_args(e2e_data, work, *cycle)) == 0
-    # The seed's CyclicScheduler: linear between the given points (its 1e-6 guard included).
+    # Upstream's CyclicScheduler: linear between the given points (its 1e-6 guard included).
     lrs = [r["lr"] for r in records(work, "train")]
     assert lrs == pytest.approx([0.0, 0.005, 0.01, 0.006], rel=1e-5)
 

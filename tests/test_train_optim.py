@@ -1,6 +1,6 @@
-"""The training step's pieces against the seed: AdamW's update, the schedules, the loss.
+"""The training step's pieces against upstream: AdamW's update, the schedules, the loss.
 
-References are the seed's formulas (microsoft/LoRA examples/NLG: ``optimizer.py`` AdamW and
+References are upstream's formulas (microsoft/LoRA examples/NLG: ``optimizer.py`` AdamW and
 schedulers, ``model.py`` label-smoothed loss), restated here from their definitions.
 """
 
@@ -19,7 +19,7 @@ from lora_nlg.train.optim import AdamW, build_scheduler, param_groups
 
 
 def seed_adamw(params, grads_per_step, lr, betas, eps, weight_decay, correct_bias):
-    """The seed's AdamW.step, step by step: eps added to sqrt(v) before bias correction, the bias
+    """Upstream's AdamW.step, step by step: eps added to sqrt(v) before bias correction, the bias
     correction only with correct_bias, decoupled weight decay after the update."""
     params = [p.clone() for p in params]
     m = [torch.zeros_like(p) for p in params]
@@ -79,7 +79,7 @@ def test_adamw_weight_decay_differs_from_the_seed_only_at_second_order(problem):
     ref = seed_adamw(params, grads, **kw)
     no_decay = seed_adamw(params, grads, **{**kw, "weight_decay": 0.0})
     for a, b, c in zip(ours, ref, no_decay):
-        # decay before (torch) or after (seed) the update: lr * wd * update apart
+        # decay before (torch) or after (upstream) the update: lr * wd * update apart
         assert (a - b).abs().max() < 1e-6
         assert (a - b).abs().max() < 0.01 * (b - c).abs().max()  # decay itself moves them 100x more
 
@@ -165,7 +165,7 @@ def test_schedules_follow_the_seed():
 
 
 def seed_loss(model, batch, label_smooth):
-    """The seed's GPT2LMModel loss: full-vocabulary logits at every position, then
+    """Upstream's GPT2LMModel loss: full-vocabulary logits at every position, then
     (1 - eps) * nll + eps * mean(-log p), masked; here summed (the trainer divides)."""
     logits = model(batch["input_ids"])  # (B, T, V)
     logprobs = F.log_softmax(logits.float(), dim=-1)

@@ -45,7 +45,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from lora_nlg.data.tokenizer import EOS_ID
+from lora_nlg.catalog import EOS_ID
 
 NEG_INF = float("-inf")
 

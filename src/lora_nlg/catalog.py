@@ -3,7 +3,7 @@
     python -m lora_nlg.catalog e2e gpt2.md      # FOLDER=e2e and HUB_DIR=gpt2-medium, for scripts/run.sh
 
 A dataset's entry says where its prepared files live (``data/<folder>/``), which raw files make
-each split (patterns over ``data/sources.json`` keys; matched files are read sorted, upstream's
+each split (patterns over ``lora_nlg/data/sources.json`` keys; matched files are read sorted, upstream's
 WebNLG order), which reader turns them into pairs (``lora_nlg.data.prepare.READERS``), which
 metrics ``eval/eval.sh`` reports, which BLEU the dev-set model selection uses (the one eval.sh's
 official protocol reports), what the paper protocol does to references, and the LoRA paper's test
@@ -23,7 +23,7 @@ class Dataset:
     reader: str
     """The raw reader (lora_nlg.data.prepare.READERS)."""
     splits: Dict[str, str]
-    """split -> pattern over data/sources.json keys."""
+    """split -> pattern over lora_nlg/data/sources.json keys."""
     metrics: Tuple[str, ...]
     """What eval/eval.sh reports, in order."""
     dev_bleu: str
@@ -114,6 +114,9 @@ DATASETS = {
         },
     ),
 }
+
+# <|endoftext|>, GPT-2's last token: both BOS and EOS in the prepared data, and a stop token.
+EOS_ID = 50256
 
 # Model card -> the Hugging Face Hub repository of its pretrained weights (gpt2.tiny has none).
 HUB_NAMES = {

@@ -9,8 +9,7 @@
     lora_B: (n_enabled * out_slice, r)            B_q stacked on B_v
 
 Forward computes ``x A^T`` then multiplies by a (out_features, n_enabled * r) block matrix built
-from B with zero rows for disabled slices: a rank-sized product, never a full delta-W per forward
-(microsoft/LoRA issue 109 rebuilt delta-W with a grouped conv1d on every call).
+from B with zero rows for disabled slices: a rank-sized product, never a full delta-W per forward.
 
 Merging is explicit and reversible (``merge_lora`` / ``unmerge_lora``, both idempotent); a merged
 model computes the same function at the cost of the base model alone.

@@ -4,7 +4,7 @@ Names follow GPT-2 (``wte``, ``wpe``, ``h``, ``c_attn``, ``c_proj``, ``c_fc``, `
 checkpoints map one to one (``lora_nlg.weights.backbone``). Linear layers are ``nn.Linear`` (weight
 ``(out, in)``); GPT-2's original ``Conv1D`` stores the transpose, the loader converts.
 
-Differences from microsoft/LoRA's ``model.py`` worth knowing:
+What it adds to GPT-2:
 - attention is ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU);
 - the KV cache is preallocated and supports rows of different lengths (left padding plus an
   attention mask), which batched beam search needs;

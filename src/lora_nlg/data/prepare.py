@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import List, Literal, Optional
 
 from lora_nlg.atomic import atomic_write
-from lora_nlg.catalog import DATASETS, SEEN_CATEGORIES
+from lora_nlg.catalog import DATASETS, EOS_ID, SEEN_CATEGORIES
 from lora_nlg.cli import parse_config
 from lora_nlg.data import files
 from lora_nlg.data import raw as D
-from lora_nlg.data.sources import REPO, SourceError, default_mirror, fetch, load_sources
-from lora_nlg.data.tokenizer import EOS_ID, VOCAB_FILES, GPT2Tokenizer
+from lora_nlg.data.sources import SourceError, default_data_dir, default_mirror, fetch, load_sources
+from lora_nlg.data.tokenizer import VOCAB_FILES, GPT2Tokenizer
 from lora_nlg.errors import FormatError
 
 VOCAB_KEYS = tuple("gpt2-vocab/" + name for name in VOCAB_FILES)
@@ -133,7 +133,7 @@ def prepare_dataset(name, data_dir, sources, mirror, download, tokenizer_dir, vo
     for split, pattern in spec.splits.items():
         keys = _split_files(sources, pattern)
         if not keys:
-            raise SourceError(f"data/sources.json lists no file matching {pattern!r} ({name} {split})")
+            raise SourceError(f"lora_nlg/data/sources.json lists no file matching {pattern!r} ({name} {split})")
         try:
             fetched = [fetch(k, sources[k], mirror, cache_dir, download) for k in keys]
         except SourceError as e:
@@ -183,7 +183,7 @@ class PrepareConfig:
     mirror: Optional[str] = None
     """Folder holding the raw files (default: $NLG_DATA_MIRROR, else ../shared/data when it exists)."""
     data_dir: Optional[str] = None
-    """Output folder (default: the repository's data/)."""
+    """Output folder (default: the repository's data/, or ./data for an installed package)."""
     no_download: bool = False
     """Never download: use the mirror and data/cache only."""
     force: bool = False
@@ -191,7 +191,7 @@ class PrepareConfig:
     e2e_text: Literal["raw", "moses"] = "raw"
     """E2E completions: the official CSV text, or Moses-tokenized like upstream's e2e/*.txt."""
     sources: Optional[str] = None
-    """Sources file: official URL and sha256 of each raw file (default: data/sources.json)."""
+    """Sources file: official URL and sha256 of each raw file (default: lora_nlg/data/sources.json)."""
 
     def __post_init__(self):
         unknown = [d for d in self.datasets if d not in (*DATASETS, "all")]
@@ -201,7 +201,7 @@ class PrepareConfig:
 
 def main(argv=None):
     args = parse_config(PrepareConfig, argv, prog="create_datasets")
-    data_dir = Path(args.data_dir) if args.data_dir else REPO / "data"
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     names = list(DATASETS) if "all" in args.datasets else list(dict.fromkeys(args.datasets))
     mirror = Path(args.mirror) if args.mirror else default_mirror()
     sources = load_sources(args.sources) if args.sources else load_sources()

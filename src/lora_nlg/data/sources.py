@@ -1,9 +1,9 @@
 """Raw files: find them in a mirror folder or download them, and check their sha256 either way.
 
-`data/sources.json` lists every raw file the data pipeline reads, keyed by its path relative to
+`sources.json` (beside this module) lists every raw file the data pipeline reads, keyed by its path relative to
 the mirror (e.g. `e2e/devset.csv`), with the official upstream URL and the sha256 of the file as
 served there. A mirror may store a large file compressed as `KEY.xz`; its decompressed content
-must then have the recorded sha256. Downloads go to `data/cache/KEY`.
+must then have the recorded sha256. Downloads go to `<data dir>/cache/KEY`.
 """
 
 import hashlib
@@ -17,8 +17,10 @@ from pathlib import Path
 
 from lora_nlg.atomic import atomic_write
 
-REPO = Path(__file__).resolve().parents[3]  # the repository (src/lora_nlg/data/ is 3 below)
-SOURCES_JSON = REPO / "data" / "sources.json"
+SOURCES_JSON = Path(__file__).resolve().with_name("sources.json")
+# The repository when running from a checkout (src/lora_nlg/data/ is 3 below), else None (installed).
+REPO = Path(__file__).resolve().parents[3]
+REPO = REPO if (REPO / "src" / "lora_nlg").is_dir() else None
 MIRROR_ENV = "NLG_DATA_MIRROR"
 
 
@@ -40,8 +42,13 @@ def default_mirror():
     env = os.environ.get(MIRROR_ENV)
     if env:
         return Path(env)
-    shared = REPO.parent / "shared" / "data"
-    return shared if shared.is_dir() else None
+    shared = REPO.parent / "shared" / "data" if REPO else None
+    return shared if shared and shared.is_dir() else None
+
+
+def default_data_dir():
+    """Where prepared data lives by default: the checkout's `data/`, else `./data`."""
+    return REPO / "data" if REPO else Path("data")
 
 
 def content_bytes(path):
@@ -57,7 +64,7 @@ def _check(key, spec, path):
     if spec.get("sha256"):
         if sha256 != spec["sha256"]:
             raise SourceError(
-                f"{path}: sha256 {sha256} but data/sources.json records {spec['sha256']} for {key} "
+                f"{path}: sha256 {sha256} but lora_nlg/data/sources.json records {spec['sha256']} for {key} "
                 f"(official copy: {spec['url']}); the file is corrupt or a different version"
             )
     else:

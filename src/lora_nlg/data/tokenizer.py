@@ -16,17 +16,17 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from lora_nlg.data.sources import REPO, default_mirror
+from lora_nlg.catalog import EOS_ID
+from lora_nlg.data.sources import default_data_dir, default_mirror
 
 EOS_TOKEN = "<|endoftext|>"
-EOS_ID = 50256
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
 
 
 def default_vocab_dir():
     """Where the GPT-2 vocabulary lives.
 
-    In order: env `NLG_VOCAB_DIR`; `<repo>/data/gpt2-vocab` (written by scripts/create_datasets.sh);
+    In order: env `NLG_VOCAB_DIR`; `<data dir>/gpt2-vocab` (written by scripts/create_datasets.sh; `sources.default_data_dir`);
     `<mirror>/gpt2-vocab` with the data mirror of `sources.default_mirror()` (env `NLG_DATA_MIRROR`,
     else `<repo>/../shared/data`).
     """
@@ -34,7 +34,7 @@ def default_vocab_dir():
     if env:
         return Path(env)
     mirror = default_mirror()
-    candidates = [REPO / "data" / "gpt2-vocab"] + ([mirror / "gpt2-vocab"] if mirror else [])
+    candidates = [default_data_dir() / "gpt2-vocab"] + ([mirror / "gpt2-vocab"] if mirror else [])
     for folder in candidates:
         if all((folder / name).is_file() for name in VOCAB_FILES):
             return folder

@@ -16,8 +16,7 @@ The model: ``--init_checkpoint`` is one of
   ``--pretrained_checkpoint``;
 - a full model (a Hugging Face GPT-2 folder, a checkpoint folder holding ``model/``, or a weights
   file): decoded as is, no LoRA.
-There is no silent random backbone (upstream decoded released checkpoints on random weights at
-BLEU 0, microsoft/LoRA issue 138): without a backbone the program stops, unless
+There is no silent random backbone: without a backbone the program stops, unless
 ``--random_backbone`` (tests, benchmarks). LoRA is merged into the weights before decoding.
 
 Inputs (``--data``): a ``*_unique.jsonl`` (one line per unique input; output ids are its ids) or
@@ -39,9 +38,9 @@ from typing import Dict, List, Literal, Optional, Tuple
 import torch
 
 from lora_nlg.beam import BeamSettings, beam_search
+from lora_nlg.catalog import EOS_ID
 from lora_nlg.cli import parse_config, save_config
 from lora_nlg.data.files import read_encoded, read_unique, upstream_cut, write_predictions
-from lora_nlg.data.tokenizer import EOS_ID
 from lora_nlg.distributed import barrier, cleanup, gather_objects, init_distributed
 from lora_nlg.jsonl import json_records
 from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora

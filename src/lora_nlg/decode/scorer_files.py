@@ -31,8 +31,7 @@ Files are written so that the scorers read exactly one line per input:
   the last input; predictions one per line;
 - GenerationEval (``reference0`` .. ``reference{N-1}`` in the ``--output_ref_file`` folder, and the
   hypothesis file): lines joined by "\\n" with no newline at the end, because GenerationEval splits
-  on "\\n" and a final newline is an extra empty segment (METEOR then fails: microsoft/LoRA
-  issue 138).
+  on "\\n" and a final newline is an extra empty segment.
 A line break inside a reference or hypothesis would shift every later line: it becomes a space.
 Every file is written atomically.
 """

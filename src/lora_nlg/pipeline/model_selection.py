@@ -3,9 +3,7 @@
     python -m lora_nlg.pipeline.model_selection --dataset e2e --references data/e2e/valid_unique.jsonl \\
         --out RUN/seed-110/selection.json epoch-1=RUN/seed-110/dev/epoch-1.jsonl epoch-2=...
 
-The paper reports each run's best epoch; keeping the last checkpoint instead gives E2E BLEU 68.6 to
-68.9 rather than 70.4 (microsoft/LoRA issue 165). Choosing on the test set would flatter the
-result, so the choice is made on the dev set.
+The choice is made on the dev set (the paper reports each run's best epoch; docs/UPSTREAM.md).
 
 BLEU is computed exactly as ``eval/eval.sh DATASET --protocol official`` computes it (the same
 readers, pairing and ``lora_nlg.metrics.bleu``: mteval-v13a on E2E, multi-bleu-detok on WebNLG and

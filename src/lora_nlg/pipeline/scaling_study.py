@@ -39,13 +39,14 @@ from typing import Dict, List, Optional
 import torch
 
 from lora_nlg.atomic import atomic_write
+from lora_nlg.catalog import EOS_ID
 from lora_nlg.cli import config_to_dict, parse_config
 from lora_nlg.data import raw as D
 from lora_nlg.data.batching import FTDataset, collate
 from lora_nlg.data.files import read_encoded, write_encoded
 from lora_nlg.data.prepare import encode_pairs
 from lora_nlg.data.sources import default_mirror
-from lora_nlg.data.tokenizer import EOS_ID, GPT2Tokenizer, default_vocab_dir
+from lora_nlg.data.tokenizer import GPT2Tokenizer, default_vocab_dir
 from lora_nlg.jsonl import json_records
 from lora_nlg.model import GPT2_SIZES, GPT2Config, GPT2LMModel
 from lora_nlg.train.loop import main as train_main

@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from safetensors.torch import save_file
 
-from lora_nlg.data.tokenizer import EOS_ID
+from lora_nlg.catalog import EOS_ID
 from lora_nlg.lora import lora_modules
 from lora_nlg.model import GPT2_SIZES, GPT2Config, GPT2LMModel
 from lora_nlg.weights.layout import new_temp_dir, swap_in

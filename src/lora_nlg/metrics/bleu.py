@@ -122,15 +122,6 @@ class BleuStats:
     hyp_len: int
     ref_len: int
 
-    def multibleu_line(self):
-        """The line multi-bleu(-detok).perl prints, e.g. 'BLEU = 31.06, 54.9/35.7/25.3/18.7 (...)'."""
-        ratio = self.hyp_len / self.ref_len if self.ref_len else 0.0
-        p = "/".join("%.1f" % x for x in self.precisions)
-        return (
-            f"BLEU = {self.score:.2f}, {p} (BP={self.bp:.3f}, ratio={ratio:.3f}, "
-            f"hyp_len={self.hyp_len}, ref_len={self.ref_len})"
-        )
-
 
 def tokenize(text, variant):
     """Tokens of `text` as `variant` scores them (lowercased as the script does)."""

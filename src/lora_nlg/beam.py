@@ -281,6 +281,7 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
     slot_of = torch.zeros(N, T, dtype=torch.long, device=device)
     row_prompt, row_mask = prompt, prompt_mask
     run = None  # (n, K) running sums; -inf marks an empty slot
+    nan = torch.zeros((), dtype=torch.bool, device=device)
 
     for t in range(T):
         if t > 0:
@@ -290,6 +291,7 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
             logits.to(torch.promote_types(logits.dtype, torch.float32)), gen, row_prompt, row_mask, t, s, stop
         )
         logprobs = F.log_softmax(logits, dim=-1)  # (rows, V)
+        nan = nan | torch.isnan(logprobs).any()  # checked once, at the end: no sync per step
         n = alive.numel()
         if t == 0:
             cand = logprobs  # only beam 0 expands: all beams hold the same prompt
@@ -326,6 +328,10 @@ def search_batch(model, prompts: Sequence[Sequence[int]], s: BeamSettings) -> Li
         alive = alive[keep]
         row_prompt = prompt[alive].repeat_interleave(K, 0)
         row_mask = prompt_mask[alive].repeat_interleave(K, 0)
+    if bool(nan):
+        raise ValueError(
+            "the model gave NaN logits (non-finite weights, or an fp16 overflow): no output would mean anything"
+        )
     return best.hypotheses()
 
 

@@ -15,14 +15,19 @@ import ast
 import dataclasses
 import inspect
 import json
+import os
+import re
 import sys
 import textwrap
 import typing
-from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type, TypeVar
 
 import yaml
 
+from lora_nlg.errors import FormatError
+
 T = TypeVar("T")
+DEBUG_ENV = "LORA_NLG_DEBUG"
 
 
 class _Omitted:
@@ -137,6 +142,7 @@ def build_parser(cls, prog: Optional[str] = None, description: Optional[str] = N
         prog=prog, description=description or (cls.__doc__ or "").strip(), allow_abbrev=False
     )  # a typo must not pick a flag silently
     parser.add_argument("--config", default=None, help="YAML file with any of the fields below; flags override it")
+    parser.add_argument("--debug", action="store_true", help=f"show a traceback for errors too (or {DEBUG_ENV}=1)")
     hints = typing.get_type_hints(cls, include_extras=False)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -183,7 +189,14 @@ def _coerce(value, tp, where: str):
 
 def load_config_file(cls, path: str) -> Dict[str, Any]:
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+            raise FormatError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        except UnicodeDecodeError as e:
+            raise FormatError(f"{path}: not UTF-8 text (byte {e.start + 1})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of field: value at the top level")
     names = {f.name for f in dataclasses.fields(cls)}
@@ -205,6 +218,7 @@ def parse_config(
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
     values: Dict[str, Any] = dict(defaults or {})
     config_path = vars(ns).pop("config", None)
+    vars(ns).pop("debug", None)
     if config_path:
         values.update(load_config_file(cls, config_path))
     values.update({k: v for k, v in vars(ns).items() if v is not _OMITTED and v != [_OMITTED]})
@@ -229,3 +243,38 @@ def save_config(cfg, path: str) -> None:
 
     with atomic_write(path) as f:
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+
+
+def run_program(
+    prog: str, body: Callable[[List[str]], int], argv: Optional[List[str]] = None, quiet: bool = False, code: int = 2
+) -> int:
+    """``body(argv)``, with every error a user can cause (a bad file, a missing one, a folder where a
+    file belongs, a bad value: ``ValueError`` and ``OSError``) reported as one line
+    ``prog: error: ...`` (not with ``quiet``) and exit status ``code``; ``--debug`` or ``LORA_NLG_DEBUG=1``
+    re-raises instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return body([a for a in argv if a != "--debug"])
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        if not quiet:
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: an OSError's file and reason, anything else its message, line breaks
+    folded."""
+    if isinstance(e, OSError) and e.strerror:
+        name = e.filename2 if isinstance(e, (FileExistsError, IsADirectoryError)) and e.filename2 else e.filename
+        text = f"{name}: {e.strerror}" if name else e.strerror
+    else:
+        text = str(e) or type(e).__name__
+    return re.sub(r"\s*\n\s*", " ", text).strip()

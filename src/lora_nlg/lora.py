@@ -35,6 +35,8 @@ TARGETS = {
 
 # LoRA modules inside a GPT-2 block, and how many output slices each has (q, k, v for c_attn).
 MODULE_SLICES = {"attn.c_attn": 3, "attn.c_proj": 1, "mlp.c_fc": 1, "mlp.c_proj": 1}
+# Their (in, out) features in units of n_embd.
+MODULE_DIMS = {"attn.c_attn": (1, 3), "attn.c_proj": (1, 1), "mlp.c_fc": (1, 4), "mlp.c_proj": (4, 1)}
 
 SCALING_RULES = {
     "alpha/r": lambda alpha, r: alpha / r,  # LoRA paper
@@ -63,12 +65,26 @@ class LoRAConfig:
             raise ValueError(f"unknown LoRA init {self.init!r}; choose kaiming or gaussian")
         if self.bias not in ("none", "all", "lora_only"):
             raise ValueError(f"unknown LoRA bias mode {self.bias!r}; choose none, all or lora_only")
-        if self.r < 1:
-            raise ValueError(f"LoRA rank r must be >= 1, got {self.r}")
+        if type(self.r) is not int or self.r < 1:
+            raise ValueError(f"LoRA rank r must be an integer >= 1, got {self.r!r}")
+        for name in ("alpha", "dropout"):  # a non-finite alpha is refused where the adapter is used
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"LoRA {name} must be a number, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
 
     @property
     def scaling(self) -> float:
         return SCALING_RULES[self.scaling_rule](self.alpha, self.r)
+
+    def check_usable(self, source: str) -> "LoRAConfig":
+        """Itself, or a ValueError when its scale is no finite number (the model would compute NaN)."""
+        if not math.isfinite(self.scaling):
+            raise ValueError(
+                f"{source}: alpha={self.alpha} gives the LoRA scale {self.scaling}; no model computes with it"
+            )
+        return self
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "targets": list(self.targets), "scaling": self.scaling}
@@ -181,6 +197,20 @@ def enabled_slices(targets) -> Dict[str, Tuple[bool, ...]]:
         else:
             out.setdefault(path, [False] * MODULE_SLICES[path])[slice_] = True
     return {path: tuple(e) for path, e in out.items()}
+
+
+def lora_shapes(config: LoRAConfig, n_layer: int, n_embd: int) -> Dict[str, Tuple[int, int]]:
+    """The shape of every ``lora_A`` / ``lora_B`` that ``apply_lora`` makes on a GPT-2 of that size,
+    by arithmetic alone (nothing is allocated)."""
+    out = {}
+    for path, enable in enabled_slices(config.targets).items():
+        fan_in, fan_out = MODULE_DIMS[path]
+        n = sum(enable)
+        for i in range(n_layer):
+            name = f"transformer.h.{i}.{path}"
+            out[f"{name}.lora_A"] = (n * config.r, fan_in * n_embd)
+            out[f"{name}.lora_B"] = (n * fan_out * n_embd // len(enable), config.r)
+    return out
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:

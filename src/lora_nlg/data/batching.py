@@ -54,6 +54,12 @@ class FTDataset(torch.utils.data.Dataset):
     def lengths(self):
         return list(self._lengths)
 
+    def loss_tokens(self):
+        """Per example, the positions that carry a loss (the ``loss_mask`` sum of ``__getitem__``)."""
+        if self.joint_lm:
+            return [max(n - 1, 0) for n in self._lengths]
+        return [max(n - 1 - max(len(c) - 1, 0), 0) for n, (c, _) in zip(self._lengths, self.examples)]
+
     def __getitem__(self, i):
         context, completion = self.examples[i]
         input_ids = (context + completion)[: self.seq_len]

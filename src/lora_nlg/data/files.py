@@ -96,6 +96,14 @@ def read_encoded(path) -> List[Tuple[List[int], List[int]]]:
     return examples
 
 
+def locate(path, index: int) -> int:
+    """The line number of the ``index``-th record (0-based; blank lines skipped) of a jsonl file."""
+    for i, (line_no, _) in enumerate(json_records(path)):
+        if i == index:
+            return line_no
+    raise IndexError(f"{path}: no record {index}")
+
+
 def write_encoded(path, examples: Iterable[Tuple[Sequence[int], Sequence[int]]]) -> None:
     write_jsonl(path, ({"context": list(c), "completion": list(t)} for c, t in examples))
 
@@ -107,8 +115,8 @@ _UNIQUE_CHECKS = {
     "context": (lambda v: isinstance(v, str), "a string"),
     "context_ids": (lambda v: _is_ids(v) and bool(v), "a non-empty list of token ids"),
     "references": (
-        lambda v: isinstance(v, list) and bool(v) and all(isinstance(r, str) for r in v),
-        "a non-empty list of strings",
+        lambda v: isinstance(v, list) and bool(v) and all(isinstance(r, str) and r.strip() for r in v),
+        "a non-empty list of strings, none of them empty",
     ),
 }
 

@@ -27,7 +27,7 @@ from typing import List, Literal, Optional
 
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import DATASETS, EOS_ID, SEEN_CATEGORIES
-from lora_nlg.cli import parse_config
+from lora_nlg.cli import parse_config, run_program
 from lora_nlg.data import files
 from lora_nlg.data import raw as D
 from lora_nlg.data.sources import SourceError, default_data_dir, default_mirror, fetch, load_sources
@@ -93,6 +93,8 @@ def encode_formatted(input_path, output_path, tokenizer, add_bos=True, add_eos=T
     """Upstream's `gpt2_encode.py`: formatted jsonl -> encoded jsonl (BOS after the context, EOS
     after the completion, each only when asked)."""
     pairs = files.read_formatted(input_path)
+    if not pairs:
+        raise FormatError(f"{input_path}: no lines to encode")
     contexts = tokenizer.encode_batch([p.context for p in pairs])
     completions = tokenizer.encode_batch([" " + p.completion for p in pairs])
     bos = [EOS_ID] if add_bos else []
@@ -163,8 +165,12 @@ def prepare_dataset(name, data_dir, sources, mirror, download, tokenizer_dir, vo
             continue
         t0 = time.perf_counter()
         pairs = READERS[spec.reader](inputs[split], opts)
-        for where in getattr(pairs, "dropped", []):
-            log(f"WARNING: {name} {split}: dropped an empty reference at {where}")
+        dropped = getattr(pairs, "dropped", [])
+        if dropped:
+            log(
+                f"WARNING: {name} {split}: dropped {len(dropped)} reference(s) or input(s) without a usable "
+                f"reference: {'; '.join(dropped[:3])}{' ...' if len(dropped) > 3 else ''}"
+            )
         n_inputs = write_split(out_dir, split, pairs, tokenizer)
         log(
             f"{name} {split}: {len(pairs):,} pairs, {n_inputs:,} inputs -> {out_dir} ({time.perf_counter() - t0:.1f} s)"
@@ -200,6 +206,10 @@ class PrepareConfig:
 
 
 def main(argv=None):
+    return run_program("create_datasets", _main, argv, code=1)
+
+
+def _main(argv):
     args = parse_config(PrepareConfig, argv, prog="create_datasets")
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     names = list(DATASETS) if "all" in args.datasets else list(dict.fromkeys(args.datasets))
@@ -212,17 +222,13 @@ def main(argv=None):
         print(message, flush=True)
 
     t0 = time.perf_counter()
-    try:
-        vocab_dir, vocab_shas = obtain_vocab(data_dir, sources, mirror, download, log)
-        unavailable = []
-        for name in names:
-            for split, reason in prepare_dataset(
-                name, data_dir, sources, mirror, download, vocab_dir, vocab_shas, opts, args.force, log
-            ):
-                unavailable.append((name, split, reason))
-    except (SourceError, FormatError) as e:
-        print(f"ERROR: {e}", file=sys.stderr, flush=True)
-        return 1
+    vocab_dir, vocab_shas = obtain_vocab(data_dir, sources, mirror, download, log)
+    unavailable = []
+    for name in names:
+        for split, reason in prepare_dataset(
+            name, data_dir, sources, mirror, download, vocab_dir, vocab_shas, opts, args.force, log
+        ):
+            unavailable.append((name, split, reason))
     for name, split, reason in unavailable:
         # DART's train file is not in the shared mirror: the other splits are written; asked for
         # alone, that is an error; as part of `all`, a warning.
@@ -256,13 +262,13 @@ class EncodeConfig:
 
 def encode_main(argv=None):
     """``gpt2_encode.py``."""
+    return run_program("gpt2_encode.py", _encode_main, argv, code=1)
+
+
+def _encode_main(argv):
     cfg = parse_config(EncodeConfig, argv, prog="gpt2_encode.py")
-    try:
-        tokenizer = GPT2Tokenizer.from_dir(cfg.vocab)
-        n = encode_formatted(cfg.input, cfg.output, tokenizer, add_bos=cfg.add_bos, add_eos=cfg.add_eos)
-    except (FormatError, FileNotFoundError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    tokenizer = GPT2Tokenizer.from_dir(cfg.vocab)
+    n = encode_formatted(cfg.input, cfg.output, tokenizer, add_bos=cfg.add_bos, add_eos=cfg.add_eos)
     print(f"{cfg.input}: {n} lines -> {cfg.output}")
     return 0
 

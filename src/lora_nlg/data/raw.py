@@ -139,21 +139,33 @@ def read_e2e_csv(path, text="raw"):
     if text not in ("raw", "moses"):
         raise ValueError(f"text must be 'raw' or 'moses', got {text!r}")
     name = str(path)
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
-    header = next(reader, None)
-    if header is None or [h.strip() for h in header] != ["mr", "ref"]:
-        raise FormatError(f"{name}:1: expected the header 'mr,ref', got {header!r}")
+    # strict: a quote left open at the end of the file is an error, not a field running to the end
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), strict=True)
     pairs = []
-    for row in reader:
-        where = f"{name}:{reader.line_num}"
-        if len(row) != 2:
-            raise FormatError(f"{where}: expected 2 fields (mr, ref), got {len(row)}: {row!r}")
-        mr, ref = row
-        _nonempty(mr, where, "mr")
-        _nonempty(ref, where, "reference (ref)")
-        completion = ref if text == "raw" else e2e_upstream_text(ref)
-        pairs.append(Pair(e2e_context(mr, where), completion, mr, where))
+    try:
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != ["mr", "ref"]:
+            raise FormatError(f"{name}:1: expected the header 'mr,ref', got {header!r}")
+        for row in reader:
+            where = f"{name}:{reader.line_num}"
+            if len(row) != 2:
+                raise FormatError(f"{where}: expected 2 fields (mr, ref), got {len(row)}: {row!r}")
+            mr, ref = row
+            _nonempty(mr, where, "mr")
+            _nonempty(ref, where, "reference (ref)")
+            completion = ref if text == "raw" else e2e_upstream_text(ref)
+            pairs.append(Pair(e2e_context(mr, where), completion, mr, where))
+    except csv.Error as e:
+        raise FormatError(f"{name}:{reader.line_num}: malformed CSV ({e}: an unterminated quoted field?)") from None
     return pairs
+
+
+class PairList(list):
+    """A list of pairs that also remembers what the reader dropped (`.dropped`: where, for messages)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.dropped = []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,10 +178,11 @@ def _triples_context(triples):
 
 def read_webnlg_xml(paths):
     """WebNLG 2017 challenge XML files, in the given order (upstream's order: sorted paths).
-    One pair per `good` lexicalisation; `input_key` = running entry number over all files."""
+    One pair per `good` lexicalisation; `input_key` = running entry number over all files. An entry
+    without one gives no pair: it is listed in `.dropped`."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    pairs, n_entry = [], 0
+    pairs, n_entry = PairList(), 0
     for path in paths:
         name = str(path)
         try:
@@ -196,9 +209,10 @@ def read_webnlg_xml(paths):
                     raise FormatError(f"{where}: mtriple {mtriple.text!r}: expected 'subject | property | object'")
                 triples.append(parts)
             context = _triples_context(triples)
-            for lex in entry.findall("./lex"):
-                if lex.get("comment") != "good":
-                    continue
+            good = [lex for lex in entry.findall("./lex") if lex.get("comment") == "good"]
+            if not good:  # an input without a reference: no pair to train on or score against
+                pairs.dropped.append(f"{where} (no lexicalisation with comment 'good')")
+            for lex in good:
                 text = _nonempty(lex.text, f"{where} lex {lex.get('lid', '?')}", "reference (lex)")
                 pairs.append(Pair(context, text, n_entry, where, category))
     return pairs
@@ -206,14 +220,6 @@ def read_webnlg_xml(paths):
 
 # ----------------------------------------------------------------------------------------------
 # DART
-
-
-class PairList(list):
-    """A list of pairs that also remembers what the reader dropped (`.dropped`: where, for messages)."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.dropped = []
 
 
 def read_dart_json(path, empty_references="error"):

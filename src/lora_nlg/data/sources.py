@@ -7,7 +7,6 @@ must then have the recorded sha256. Downloads go to `<data dir>/cache/KEY`.
 """
 
 import hashlib
-import json
 import lzma
 import os
 import shutil
@@ -16,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 from lora_nlg.atomic import atomic_write
+from lora_nlg.errors import FormatError, InputError
+from lora_nlg.jsonl import read_json
 
 SOURCES_JSON = Path(__file__).resolve().with_name("sources.json")
 # The repository when running from a checkout (src/lora_nlg/data/ is 3 below), else None (installed).
@@ -24,15 +25,16 @@ REPO = REPO if (REPO / "src" / "lora_nlg").is_dir() else None
 MIRROR_ENV = "NLG_DATA_MIRROR"
 
 
-class SourceError(RuntimeError):
+class SourceError(InputError, RuntimeError):
     """A raw file could not be obtained, or its content is not the recorded one."""
 
 
 def load_sources(path=SOURCES_JSON):
-    with open(path, encoding="utf-8") as f:
-        files = json.load(f)["files"]
+    files = read_json(path).get("files")
+    if not isinstance(files, dict):
+        raise FormatError(f"{path}: expected an object with a 'files' object")
     for key, spec in files.items():
-        if "url" not in spec or not (spec.get("sha256") or spec.get("git_blob_prefix")):
+        if not isinstance(spec, dict) or "url" not in spec or not (spec.get("sha256") or spec.get("git_blob_prefix")):
             raise ValueError(f"{path}: file {key!r} needs 'url' and 'sha256' (or 'git_blob_prefix')")
     return files
 

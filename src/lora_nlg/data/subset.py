@@ -14,7 +14,8 @@ import sys
 from typing import Optional
 
 from lora_nlg.atomic import atomic_write
-from lora_nlg.cli import parse_config, positional
+from lora_nlg.cli import parse_config, positional, run_program
+from lora_nlg.errors import FormatError
 
 
 def read_lines(path):
@@ -57,15 +58,14 @@ class SubsetConfig:
 
 
 def main(argv=None) -> int:
+    return run_program("subset", _main, argv)
+
+
+def _main(argv) -> int:
     cfg = parse_config(SubsetConfig, argv, prog="python -m lora_nlg.data.subset")
-    try:
-        lines = read_lines(cfg.input)
-    except OSError as e:
-        print(f"subset: error: {cfg.input}: {e.strerror}", file=sys.stderr)
-        return 2
+    lines = read_lines(cfg.input)
     if not lines:
-        print(f"subset: error: {cfg.input}: no lines", file=sys.stderr)
-        return 2
+        raise FormatError(f"{cfg.input}: no lines")
     kept = take(lines, cfg.first, cfg.sample, cfg.seed)
     with atomic_write(cfg.output) as f:
         f.writelines(kept)

@@ -10,7 +10,6 @@ happens to contain it is never turned into the end-of-text id. The id is added e
 (`eos_id`) where a sequence needs it.
 """
 
-import json
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from lora_nlg.catalog import EOS_ID
 from lora_nlg.data.sources import default_data_dir, default_mirror
+from lora_nlg.jsonl import read_json
 
 EOS_TOKEN = "<|endoftext|>"
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
@@ -90,8 +90,7 @@ class GPT2Tokenizer:
                 f"{folder}: missing {', '.join(missing)}; run `bash scripts/create_datasets.sh` "
                 "to obtain the GPT-2 vocabulary"
             )
-        with open(folder / "encoder.json", encoding="utf-8") as f:
-            vocab = json.load(f)
+        vocab = read_json(folder / "encoder.json")
         return cls(vocab, read_merges(folder / "vocab.bpe"))
 
     def __len__(self):

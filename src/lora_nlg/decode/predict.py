@@ -37,16 +37,20 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 
+from lora_nlg.atomic import check_writable
 from lora_nlg.beam import BeamSettings, beam_search
 from lora_nlg.catalog import EOS_ID
-from lora_nlg.cli import parse_config, save_config
+from lora_nlg.cli import parse_config, run_program, save_config
 from lora_nlg.data.files import read_encoded, read_unique, upstream_cut, write_predictions
+from lora_nlg.data.tokenizer import GPT2Tokenizer
 from lora_nlg.distributed import barrier, cleanup, gather_objects, init_distributed
+from lora_nlg.errors import FormatError
 from lora_nlg.jsonl import json_records
 from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora
 from lora_nlg.model import DTYPES, GPT2Config, GPT2LMModel
 from lora_nlg.weights.adapter import (
     apply_lora_weights,
+    check_lora_shapes,
     load_lora,
     lora_config_from_metadata,
     model_config_from_metadata,
@@ -98,8 +102,9 @@ class BeamConfig:
     """The backbone (Hugging Face GPT-2 folder or weights file); default: the adapter's init_checkpoint."""
     random_backbone: bool = False
     """Decode on a randomly initialised backbone (tests and benchmarks only)."""
-    random_seed: int = 1
-    """Seed of --random_backbone's weights."""
+    random_seed: Optional[int] = None
+    """Seed of --random_backbone's weights (default: the seed of the random backbone the adapter was trained
+    on, else 1)."""
     force: bool = False
     """Let --lora_alpha override the adapter's stored alpha (with a warning)."""
     include_prompt_in_ngram: bool = False
@@ -181,7 +186,7 @@ def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]
         lora = lora_config_from_tensors(tensors, alpha=cfg.lora_alpha)
         if lora.r != cfg.lora_dim:
             raise CheckpointError(f"{source}: the LoRA tensors have rank r={lora.r}, --lora_dim says {cfg.lora_dim}")
-        return lora
+        return lora.check_usable(source)
     stored = lora_config_from_metadata(metadata, source)
     if cfg.lora_dim is not None and cfg.lora_dim != stored.r:
         raise CheckpointError(
@@ -203,8 +208,24 @@ def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]
             f"warning: --force: decoding with alpha={forced.alpha:g} (scaling {forced.scaling:g}) instead of "
             f"the stored alpha={stored.alpha:g} (scaling {stored.scaling:g}) of {source}"
         )
-        return forced
-    return stored
+        return forced.check_usable(f"--lora_alpha {cfg.lora_alpha}")
+    return stored.check_usable(source)
+
+
+def _random_backbone_seed(cfg: BeamConfig, metadata: Optional[dict], source: str) -> int:
+    """The seed of a random backbone: the one the adapter's training drew its random backbone with
+    (a --random_seed that contradicts it is an error), else --random_seed (default 1)."""
+    trained = None
+    if metadata is not None and str(metadata.get("backbone", "")).startswith("random init"):
+        trained = (metadata.get("config") or {}).get("random_seed")
+    if trained is None:
+        return 1 if cfg.random_seed is None else cfg.random_seed
+    if cfg.random_seed is not None and cfg.random_seed != trained:
+        raise CheckpointError(
+            f"{source}: was trained on a random backbone drawn with seed {trained}; --random_seed {cfg.random_seed} "
+            f"would decode on other weights. Leave --random_seed out."
+        )
+    return trained
 
 
 def _backbone(cfg: BeamConfig, metadata: Optional[dict], card: Optional[str], source: str) -> GPT2LMModel:
@@ -215,9 +236,10 @@ def _backbone(cfg: BeamConfig, metadata: Optional[dict], card: Optional[str], so
             config = model_config_from_metadata(metadata, source)
         else:
             config = GPT2Config.from_card(card or "gpt2.sm")
-        torch.manual_seed(cfg.random_seed)
+        seed = _random_backbone_seed(cfg, metadata, source)
+        torch.manual_seed(seed)  # then the model, as training does: the same weights
         _say(
-            f"warning: --random_backbone: randomly initialised weights (seed {cfg.random_seed}); "
+            f"warning: --random_backbone: randomly initialised weights (seed {seed}); "
             f"the output means nothing beyond tests and timing"
         )
         return GPT2LMModel(config).eval()
@@ -255,6 +277,8 @@ def load_decoding_model(cfg: BeamConfig, device, dtype=torch.float32) -> GPT2LMM
         else:
             tensors, metadata = load_lora(path)
             lora = resolve_lora(cfg, path, tensors, metadata)
+            if metadata is not None:  # its description must fit its tensors before anything is built from it
+                check_lora_shapes(tensors, lora, model_config_from_metadata(metadata, path), path)
             card = cfg.model_card or (metadata or {}).get("model_card")
             model = _backbone(cfg, metadata, card, path)
             apply_lora(model, dataclasses.replace(lora, dropout=0.0))
@@ -275,6 +299,9 @@ def run(cfg: BeamConfig) -> Optional[str]:
     if not cfg.data:
         raise ValueError("--data is required")
     settings = cfg.settings()
+    out_path = check_writable(os.path.join(cfg.work_dir or os.getenv("PT_OUTPUT_DIR", "gpt2_model"), cfg.output_file))
+    check_writable(os.path.splitext(out_path)[0] + ".config.yaml")
+    tokenizer = GPT2Tokenizer.from_dir(cfg.vocab)  # now, not after the decoding
     info = init_distributed(cfg.device)
     try:
         inputs = read_inputs(cfg.data)
@@ -293,6 +320,13 @@ def run(cfg: BeamConfig) -> Optional[str]:
                 _say(f"warning: {cut} prompt(s) longer than seq_len - eval_len = {keep} tokens keep their last {keep}")
             _say(f"{len(inputs)} inputs, {len(unique)} distinct prompts; rank share: {info.world_size} rank(s)")
         model = load_decoding_model(cfg, info.device, DTYPES[cfg.precision])
+        vocab = model.config.vocab_size
+        for out_id, ids in inputs:
+            if max(ids) >= vocab:
+                raise FormatError(
+                    f"{cfg.data}: input {out_id}: token id {max(ids)} of its prompt is outside the model's "
+                    f"vocabulary (ids 0..{vocab - 1})"
+                )
         order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
         mine = order[info.rank :: info.world_size]  # similar lengths on every rank
         start = time.time()
@@ -305,7 +339,7 @@ def run(cfg: BeamConfig) -> Optional[str]:
         shares = gather_objects([(i, h.token_ids) for i, h in zip(mine, hyps)])
         path = None
         if info.is_main:
-            path = _write(cfg, unique, prompts, shares, settings.stop_ids)
+            path = _write(cfg, out_path, tokenizer, unique, prompts, shares, settings.stop_ids)
             _say(f"wrote {path} ({len(inputs)} lines) in {time.time() - start:.1f}s of decoding")
         barrier()
         return path
@@ -313,9 +347,7 @@ def run(cfg: BeamConfig) -> Optional[str]:
         cleanup()
 
 
-def _write(cfg: BeamConfig, unique, prompts, shares, stop_ids) -> str:
-    from lora_nlg.data.tokenizer import GPT2Tokenizer
-
+def _write(cfg: BeamConfig, path: str, tokenizer, unique, prompts, shares, stop_ids) -> str:
     decoded: Dict[int, List[int]] = {}
     for share in shares:
         for i, token_ids in share:
@@ -324,15 +356,12 @@ def _write(cfg: BeamConfig, unique, prompts, shares, stop_ids) -> str:
             decoded[i] = token_ids
     if len(decoded) != len(unique):
         raise RuntimeError(f"{len(unique) - len(decoded)} prompts were not decoded by any rank")
-    tokenizer = GPT2Tokenizer.from_dir(cfg.vocab)
     stop = set(stop_ids)
     rows = []
     for i, prompt in enumerate(unique):
         text = text_of(tokenizer, decoded[i], stop)
         rows.extend((out_id, decoded[i], text) for out_id in prompts[prompt])
     rows.sort(key=lambda row: row[0])
-    work_dir = cfg.work_dir or os.getenv("PT_OUTPUT_DIR", "gpt2_model")
-    path = os.path.join(work_dir, cfg.output_file)
     write_predictions(path, rows)
     save_config(cfg, os.path.splitext(path)[0] + ".config.yaml")
     return path
@@ -361,12 +390,10 @@ def merge_repeated_flags(argv: List[str], flag: str = "--eos_token_id") -> List[
     return rest + ([flag] + values if seen else [])
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(BeamConfig, merge_repeated_flags(argv), prog="gpt2_beam.py")
-    try:
-        run(cfg)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        _say(f"error: {e}")
-        return 2
+def _main(argv: List[str]) -> int:
+    run(parse_config(BeamConfig, merge_repeated_flags(argv), prog="gpt2_beam.py"))
     return 0
+
+
+def main(argv=None) -> int:
+    return run_program("gpt2_beam.py", _main, argv, quiet=os.environ.get("RANK", "0") != "0")

@@ -37,16 +37,17 @@ Every file is written atomically.
 """
 
 import dataclasses
+import errno
 import os
 import re
-import sys
 from typing import Dict, Hashable, List, Literal, Optional, Tuple
 
-from lora_nlg.atomic import atomic_write
+from lora_nlg.atomic import atomic_write_all
 from lora_nlg.catalog import DATASETS
-from lora_nlg.cli import parse_config
+from lora_nlg.cli import parse_config, run_program
 from lora_nlg.data.files import read_formatted, read_predictions, unique_records, upstream_cut, upstream_tokenize
-from lora_nlg.jsonl import json_records
+from lora_nlg.errors import FormatError
+from lora_nlg.jsonl import json_records, text_lines
 
 PROTOCOLS = ("paper", "official")
 _LINE_BREAK = re.compile(r"\s*[\r\n]+\s*")
@@ -137,8 +138,6 @@ def read_sources(path: str, ref_unique_file: Optional[str] = None) -> Tuple[List
         for line_no, item in unique_records(path, need=("id", "context", "references")):
             where = f"{path}:{line_no}"
             refs = item["references"]
-            if not all(r.strip() for r in refs):
-                raise ValueError(f"{where}: 'references' must be a non-empty list of non-empty strings")
             sources.append(
                 Source(
                     item["id"],
@@ -153,8 +152,15 @@ def read_sources(path: str, ref_unique_file: Optional[str] = None) -> Tuple[List
     rows = read_formatted(path)
     groups = None
     if ref_unique_file:
-        with open(ref_unique_file, encoding="utf-8") as f:
-            groups = [int(line) for line in f if line.strip()]
+        groups = []
+        for line_no, line in enumerate(text_lines(ref_unique_file), 1):
+            if line.strip():
+                try:
+                    groups.append(int(line))
+                except ValueError:
+                    raise FormatError(
+                        f"{ref_unique_file}:{line_no}: expected an integer, got {line.strip()!r}"
+                    ) from None
         if len(groups) != len(rows):
             raise ValueError(f"{ref_unique_file}: {len(groups)} lines, {path} has {len(rows)}")
     sources = []
@@ -219,10 +225,7 @@ def write_e2e(groups: List[Group], ref_path: str, pred_path: str, tokenize: bool
             raise ValueError(f"{g.where}: a reference is empty after processing")
         blocks.append("".join(r + "\n" for r in refs))
         hyps.append(post_process(g.hypothesis, tokenize, lower) + "\n")
-    with atomic_write(ref_path) as f:
-        f.write("\n".join(blocks))
-    with atomic_write(pred_path) as f:
-        f.write("".join(hyps))
+    atomic_write_all({ref_path: "\n".join(blocks), pred_path: "".join(hyps)})
 
 
 def write_generation_eval(
@@ -236,12 +239,11 @@ def write_generation_eval(
         dropped += max(len(refs) - n_refs, 0)
         for j in range(n_refs):
             columns[j].append(refs[j] if j < len(refs) else refs[0])
-    os.makedirs(ref_dir, exist_ok=True)
-    for j, lines in enumerate(columns):
-        with atomic_write(os.path.join(ref_dir, f"reference{j}")) as f:
-            f.write("\n".join(lines))
-    with atomic_write(pred_path) as f:
-        f.write("\n".join(post_process(g.hypothesis, tokenize, lower) for g in groups))
+    if os.path.exists(ref_dir) and not os.path.isdir(ref_dir):
+        raise NotADirectoryError(errno.ENOTDIR, "a file, where the folder of reference files is to go", ref_dir)
+    files = {os.path.join(ref_dir, f"reference{j}"): "\n".join(lines) for j, lines in enumerate(columns)}
+    files[pred_path] = "\n".join(post_process(g.hypothesis, tokenize, lower) for g in groups)
+    atomic_write_all(files)
     return dropped
 
 
@@ -277,12 +279,12 @@ def run(cfg: DecodeConfig) -> dict:
 
 
 def main(argv=None) -> int:
+    return run_program("gpt2_decode.py", _main, argv)
+
+
+def _main(argv) -> int:
     cfg = parse_config(DecodeConfig, argv, prog="gpt2_decode.py")
-    try:
-        summary = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = run(cfg)
     note = ""
     if cfg.protocol == "official" and summary["input_kind"] == "formatted":
         note = " (a *_formatted.jsonl only knows context strings: inputs are grouped by them)"

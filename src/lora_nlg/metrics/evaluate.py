@@ -18,8 +18,10 @@ import sys
 import time
 from typing import Literal, Optional
 
+from lora_nlg.atomic import check_writable
 from lora_nlg.catalog import DATASETS
-from lora_nlg.cli import aliased, parse_config, positional
+from lora_nlg.cli import aliased, parse_config, positional, run_program
+from lora_nlg.errors import InputError
 
 from . import java, protocol, punkt, report
 from .bleu import bleu, corpus_statistics, score_statistics
@@ -274,21 +276,24 @@ INSTALL_PUNKT = "--install-punkt"  # the mode that only installs nltk's Punkt mo
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_program("eval/eval.sh", _main, argv)
+
+
+def _main(argv):
     install_only = INSTALL_PUNKT in argv
     config = parse_config(EvalConfig, [a for a in argv if a != INSTALL_PUNKT], prog="eval/eval.sh")
     if install_only:
-        found = punkt.find_punkt(config.cache_dir)
-        print(found if found else punkt.install_punkt(config.cache_dir))
+        try:
+            found = punkt.find_punkt(config.cache_dir)
+            print(found if found else punkt.install_punkt(config.cache_dir))
+        except punkt.PunktNotFoundError as e:
+            raise InputError(str(e)) from None
         return 0
     if config.dataset is None or config.predictions is None:
-        print("eval/eval.sh: error: DATASET and PREDICTIONS are required (eval/eval.sh --help)", file=sys.stderr)
-        return 2
-    try:
-        result = evaluate(config)
-    except FormatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise InputError("DATASET and PREDICTIONS are required (eval/eval.sh --help)")
+    if config.json:
+        check_writable(config.json)  # before the work, not after it
+    result = evaluate(config)
     print(report.format_table(result))
     if config.json:
         report.write_json(result, config.json)

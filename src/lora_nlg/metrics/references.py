@@ -195,7 +195,11 @@ def _describe(keys, limit=10):
 
 def pair(predictions, keyed_by, references, predictions_path="predictions", references_path="references"):
     """List of (Reference, prediction text) in reference order; an error names what is missing
-    or extra when the two do not correspond one to one."""
+    or extra when the two do not correspond one to one, or an input whose reference is empty."""
+    for ref in references:
+        empty = [k for k, r in enumerate(ref.references) if not r.strip()]
+        if empty or not ref.references:
+            raise FormatError(f"{references_path}: input {ref.id}: reference {empty[0] if empty else 0} is empty")
     if keyed_by == "order":
         if len(predictions) != len(references):
             raise FormatError(

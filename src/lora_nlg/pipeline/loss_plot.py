@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Dict, List, Tuple
 
-from lora_nlg.cli import parse_config, positional, require
+from lora_nlg.cli import parse_config, positional, require, run_program
 from lora_nlg.jsonl import json_records
 from lora_nlg.train.log import LOG_FILE
 
@@ -92,12 +92,12 @@ def _run(text: str) -> Tuple[str, str]:
 
 
 def main(argv=None) -> int:
+    return run_program("loss_plot", _main, argv)
+
+
+def _main(argv) -> int:
     cfg = parse_config(PlotConfig, argv, prog="python -m lora_nlg.pipeline.loss_plot")
-    try:
-        plot([_run(r) for r in cfg.runs], cfg.out)
-    except (OSError, ValueError) as e:
-        print(f"loss_plot: error: {e}", file=sys.stderr)
-        return 2
+    plot([_run(r) for r in cfg.runs], cfg.out)
     print(cfg.out)
     return 0
 

@@ -18,10 +18,10 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import DATASETS
-from lora_nlg.cli import parse_config, positional, require
+from lora_nlg.cli import parse_config, positional, require, run_program
 from lora_nlg.metrics import protocol
 from lora_nlg.metrics.bleu import bleu
-from lora_nlg.metrics.references import FormatError, pair, read_predictions, read_references
+from lora_nlg.metrics.references import pair, read_predictions, read_references
 
 
 def dev_bleu(dataset: str, predictions: str, refs, references: str) -> float:
@@ -73,12 +73,12 @@ class SelectionConfig:
 
 
 def main(argv=None) -> int:
+    return run_program("model_selection", _main, argv)
+
+
+def _main(argv) -> int:
     cfg = parse_config(SelectionConfig, argv, prog="python -m lora_nlg.pipeline.model_selection")
-    try:
-        report = select(cfg.dataset, cfg.references, [tuple(c.split("=", 1)) for c in cfg.candidates])
-    except (FormatError, ValueError, OSError) as e:
-        print(f"model_selection: error: {e}", file=sys.stderr)
-        return 2
+    report = select(cfg.dataset, cfg.references, [tuple(c.split("=", 1)) for c in cfg.candidates])
     with atomic_write(cfg.out) as f:
         json.dump(report, f, indent=2)
         f.write("\n")

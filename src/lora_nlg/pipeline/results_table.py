@@ -21,7 +21,9 @@ from typing import Dict, List, Literal, Optional
 
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import DATASETS
-from lora_nlg.cli import parse_config, positional, require
+from lora_nlg.cli import parse_config, positional, require, run_program
+from lora_nlg.errors import FormatError
+from lora_nlg.jsonl import read_json
 
 PERCENT = {"e2e": {"BLEU", "METEOR", "ROUGE_L"}}  # printed x 100 in results.md
 DIGITS = {"BLEU": 2, "NIST": 2, "METEOR": 3, "ROUGE_L": 2, "CIDEr": 3, "TER": 3}  # on the printed scale
@@ -29,13 +31,9 @@ PAPER_PROTOCOL = "paper"  # the paper's figures came from microsoft's pipeline
 
 
 def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing (did the step that writes it run?)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not os.path.exists(path):
+        raise FormatError(f"{path}: missing (did the step that writes it run?)")
+    return read_json(path)
 
 
 def _seed_of(folder: str) -> str:
@@ -45,6 +43,13 @@ def _seed_of(folder: str) -> str:
 
 def read_seed(folder: str) -> Dict:
     """One seed's chosen checkpoint, dev BLEU and test reports."""
+    try:
+        return _read_seed(folder)
+    except (KeyError, TypeError) as e:
+        raise FormatError(f"{folder}: a report lacks a field or has one of the wrong kind ({e!r})") from None
+
+
+def _read_seed(folder: str) -> Dict:
     selection = _read_json(os.path.join(folder, "selection.json"))
     reports = {}
     for path in sorted(glob.glob(os.path.join(folder, "test", "eval.*.json"))):
@@ -172,12 +177,12 @@ class ResultsConfig:
 
 
 def main(argv=None) -> int:
+    return run_program("results_table", _main, argv)
+
+
+def _main(argv) -> int:
     cfg = parse_config(ResultsConfig, argv, prog="python -m lora_nlg.pipeline.results_table")
-    try:
-        runs = [read_seed(d) for d in cfg.seed_dirs]
-    except (OSError, ValueError, KeyError) as e:
-        print(f"results_table: error: {e}", file=sys.stderr)
-        return 2
+    runs = [read_seed(d) for d in cfg.seed_dirs]
     result = {
         "dataset": cfg.dataset,
         "model_card": cfg.model_card,

@@ -40,7 +40,7 @@ import torch
 
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import EOS_ID
-from lora_nlg.cli import config_to_dict, parse_config
+from lora_nlg.cli import config_to_dict, parse_config, run_program
 from lora_nlg.data import raw as D
 from lora_nlg.data.batching import FTDataset, collate
 from lora_nlg.data.files import read_encoded, write_encoded
@@ -487,6 +487,10 @@ def run_study(cfg: StudyConfig) -> List[dict]:
 
 
 def main(argv=None) -> int:
+    return run_program("scaling_study", _main, argv)
+
+
+def _main(argv) -> int:
     cfg = parse_config(StudyConfig, argv, prog="scaling_study")
     rows = run_study(cfg)
     print(table(rows))

@@ -7,9 +7,11 @@ unchanged under ``torchrun``. ``--config FILE.yaml`` fills any fields first; fla
 """
 
 import dataclasses
+import math
 import os
 from typing import List, Literal, Optional
 
+from lora_nlg.errors import InputError
 from lora_nlg.lora import SCALING_RULES, TARGETS
 from lora_nlg.model import GPT2_SIZES
 from lora_nlg.train.optim import parse_cycle
@@ -31,7 +33,7 @@ RESUME_MUST_MATCH = (
     "seq_len",
     "random_seed",
 )
-RESUME_IGNORED = ("resume", "overwrite", "local_rank", "platform")
+RESUME_IGNORED = ("resume", "overwrite", "resume_fallback", "local_rank", "platform")
 
 
 @dataclasses.dataclass
@@ -138,8 +140,12 @@ class TrainConfig:
     resume: bool = False
     """Continue from the work dir's last checkpoint (exactly: weights, optimizer, schedule, data order,
     random state). Starts from step 0 if there is none yet."""
+    resume_fallback: bool = True
+    """With --resume, when the checkpoint that checkpoints/last names is missing or damaged: resume from
+    the newest complete one (a warning names what was skipped and why); false: stop with an error."""
     overwrite: bool = False
-    """Start afresh in a work dir that already holds checkpoints (they are kept until replaced)."""
+    """Start afresh in a work dir that already holds checkpoints: they are deleted only once the new run
+    has checked its inputs and built its model."""
     save_full: bool = False
     """Also write the full merged model (Hugging Face folder model/) in every checkpoint; always on
     when --lora_dim 0."""
@@ -161,7 +167,7 @@ class TrainConfig:
         return "fp16" if self.fp16 else (self.precision or "fp32")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A contradictory or impossible configuration; the message says which flags and why."""
 
 
@@ -190,8 +196,21 @@ def check(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"--lora_targets {cfg.lora_targets}: choose one or more of {list(TARGETS)}")
     if not 0.0 <= cfg.label_smooth < 1.0:
         problems.append(f"--label_smooth must be in [0, 1), got {cfg.label_smooth}")
-    if cfg.clip < 0:
+    if not 0.0 <= cfg.clip < math.inf:
         problems.append(f"--clip must be >= 0 (0 = no clipping), got {cfg.clip}")
+    if not 0.0 < cfg.lr <= 1.0:
+        problems.append(f"--lr must be a learning rate in (0, 1], got {cfg.lr}")
+    if not 0.0 <= cfg.weight_decay < math.inf:
+        problems.append(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            problems.append(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if not 0.0 < cfg.adam_epislon < math.inf:
+        problems.append(f"--adam_epislon must be > 0, got {cfg.adam_epislon}")
+    if cfg.lora_dim > 0 and not 0.0 < cfg.lora_alpha < math.inf:
+        problems.append(f"--lora_alpha must be a number > 0, got {cfg.lora_alpha}")
+    if not 0 <= cfg.random_seed < 2**32:
+        problems.append(f"--random_seed must be in [0, 2**32), got {cfg.random_seed}")
     if cfg.max_step is None and cfg.max_epoch is None and cfg.scheduler != "cycle":
         problems.append("give --max_step or --max_epoch (or both: training stops at whichever comes first)")
     if cfg.max_step is not None and cfg.max_step < 1:
@@ -218,7 +237,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if cfg.resume and cfg.overwrite:
         problems.append("--resume continues the work dir's run, --overwrite starts a new one: choose one")
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
     if cfg.scheduler == "cycle" and cfg.max_step is None:
         cfg.max_step = parse_cycle(cfg.i_steps, cfg.i_lrs)[0][-1]
     cfg.precision = cfg.resolved_precision

@@ -33,10 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from lora_nlg.cli import config_to_dict, parse_config, save_config
+from lora_nlg.cli import config_to_dict, parse_config, run_program, save_config
 from lora_nlg.data.batching import BucketBatchSampler, FTDataset, collate
-from lora_nlg.data.files import read_encoded
+from lora_nlg.data.files import locate, read_encoded
 from lora_nlg.distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
+from lora_nlg.errors import FormatError
+from lora_nlg.lock import FolderLock, LockedError
+from lora_nlg.lock import describe as describe_holder
 from lora_nlg.lora import LoRAConfig, apply_lora, count_trainable, mark_only_lora_as_trainable
 from lora_nlg.model import DTYPES, GPT2Config, GPT2LMModel
 from lora_nlg.train import state as ts
@@ -48,16 +51,41 @@ from lora_nlg.train.config import (
     check,
     environment_defaults,
 )
-from lora_nlg.train.log import RunLog
+from lora_nlg.train.log import LOG_FILE, TENSORBOARD_DIR, RunLog
 from lora_nlg.train.optim import build_optimizer, build_scheduler
 from lora_nlg.weights import layout
-from lora_nlg.weights.adapter import apply_lora_weights, load_lora
+from lora_nlg.weights.adapter import apply_lora_weights
 from lora_nlg.weights.backbone import load_pretrained
-from lora_nlg.weights.layout import ADAPTER_FILE
 
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; nothing was saved after the last good step."""
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM: the run stops without a checkpoint after the last one."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _PendingLog:
+    """What a run says before its log may be opened (``--overwrite`` replaces the old log only once
+    the new run is built): kept, then replayed into the ``RunLog``."""
+
+    def __init__(self):
+        self.calls = []
+
+    def warn(self, text: str) -> None:
+        self.calls.append(("warn", (text,), {}))
+
+    def event(self, step: int, text: str, **fields) -> None:
+        self.calls.append(("event", (step, text), fields))
+
+    def replay(self, log: RunLog) -> None:
+        for name, args, kwargs in self.calls:
+            getattr(log, name)(*args, **kwargs)
 
 
 @dataclasses.dataclass
@@ -131,58 +159,162 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.ckpt_root = layout.checkpoints_dir(cfg.work_dir)
-        resume_from = self._prepare_work_dir()
+        self.log = _PendingLog()  # the run log opens once everything is checked (--overwrite)
+        self._lock = self._take_work_dir()
+        try:
+            self._setup()
+        except BaseException:
+            self.release()
+            raise
+
+    def _setup(self) -> None:
+        """Check every input and build everything; only then replace an old run (--overwrite)
+        and open the run log."""
+        cfg = self.cfg
+        resume = self._resume_point()
         ts.seed_everything(cfg.random_seed)
         self._build_data()
-
         self.step, self.epoch = 0, 1  # optimizer steps done; the epoch being run (1-based, as upstream)
         self.best_val_loss = self.last_val_loss = None
         self.last_eval_step = self.last_save_step = None
-        self.last_checkpoint = resume_from
-        state = ts.load_trainer_state(resume_from) if resume_from else None
-        self.log = RunLog(
-            cfg.work_dir,
-            dist_info.is_main,
-            self.max_step,
-            start_step=state["step"] if state else 0,
-            tensorboard=cfg.tensorboard,
-        )
-        self._build_model(resume_from if state else None)
+        self.last_checkpoint = resume[0] if resume else None
+        self._build_model(resume[2] if resume else None)
+        self._check_token_ids()
         self._build_optimizer()
         self._stop_signal: Optional[int] = None
         self._stop_announced = False
         self._resume_rng = None
-        if state:
-            self._load_state(state, resume_from)
+        # Under torchrun, a launcher killed with its process group leaves its workers running (they
+        # have sessions of their own): they stop, with a checkpoint, when their parent is gone.
+        self._launcher = os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else None
+        if resume:
+            self._load_state(resume[1], resume[0])
+        if cfg.overwrite:
+            self._clear_old_run()
+        pending, self.log = (
+            self.log,
+            RunLog(cfg.work_dir, self.dist.is_main, self.max_step, start_step=self.step, tensorboard=cfg.tensorboard),
+        )
+        pending.replay(self.log)
         self._describe()
+
+    def release(self) -> None:
+        """Let go of the work dir (the end of ``fit``, or a failed start)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -------------------------------------------------------------------------------- work dir
+
+    def _take_work_dir(self) -> Optional[FolderLock]:
+        """Rank 0 locks the work dir (one writer per work dir); every rank learns whether it could."""
+        lock, error, previous = None, None, None
+        if self.dist.is_main:
+            lock = FolderLock(self.cfg.work_dir)
+            try:
+                previous = lock.acquire()
+            except LockedError as e:
+                error = str(e)
+        errors = [e for e in gather_objects(error) if e]
+        if errors:
+            raise LockedError(errors[0])
+        if previous:
+            self.log.warn(f"took over the work dir lock of {describe_holder(previous)}, which is no longer running")
+        if self.dist.is_main:
+            layout.remove_stale_temp_dirs(self.ckpt_root)
+        return lock
+
+    def _resume_point(self):
+        """``(folder, trainer state, weights)`` with --resume, else None; refuses to mix a new run
+        with an old one."""
+        cfg = self.cfg
+        if cfg.resume:
+            full = cfg.lora_dim == 0
+            return ts.resume_point(cfg.work_dir, full, cfg.model_card, cfg.resume_fallback, self.log.warn)
+        if not cfg.overwrite and (layout.last_name(cfg.work_dir) or layout.epoch_candidates(cfg.work_dir)):
+            raise ConfigError(
+                f"{cfg.work_dir} already holds a run ({self.ckpt_root}): pass --resume "
+                f"to continue it, --overwrite to replace it, or another --work_dir"
+            )
+        return None
+
+    def _clear_old_run(self) -> None:
+        """--overwrite: the old run's checkpoints, log and TensorBoard events go (the new run has
+        checked its inputs and built its model by now)."""
+        barrier()
+        if self.dist.is_main:
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+            shutil.rmtree(os.path.join(self.cfg.work_dir, TENSORBOARD_DIR), ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.cfg.work_dir, LOG_FILE))
+        barrier()
 
     # -------------------------------------------------------------------------------- builders
 
     def _build_data(self) -> None:
-        """Training and validation sets; the sampler's unit is one optimizer step's worth of this
-        rank's examples."""
+        """Training and validation sets, each with at least one loss token; the sampler's unit is
+        one optimizer step's worth of this rank's examples."""
         cfg, d = self.cfg, self.dist
-        joint_lm = cfg.obj == "jlm"
-        self.train_set = FTDataset(read_encoded(cfg.train_data), cfg.seq_len, joint_lm=joint_lm)
+        self.train_set = self._dataset(cfg.train_data, "--train_data")
+        if len(self.train_set) < d.world_size:
+            raise FormatError(
+                f"{cfg.train_data}: {len(self.train_set)} example(s) cannot give each of {d.world_size} processes a batch"
+            )
         self.train_lengths = self.train_set.lengths()
         self.sampler = BucketBatchSampler(
             self.train_lengths, cfg.train_batch_size * cfg.grad_acc, d.world_size, d.rank, seed=cfg.random_seed
         )
         self.valid_set = self.valid_batches = None
         if cfg.valid_data:
-            self.valid_set = FTDataset(read_encoded(cfg.valid_data), cfg.seq_len, joint_lm=joint_lm)
+            self.valid_set = self._dataset(cfg.valid_data, "--valid_data")
             self.valid_batches = shard_batches(self.valid_set.lengths(), cfg.valid_batch_size, d.world_size, d.rank)
         self.steps_per_epoch = len(self.sampler)
         self.max_step = cfg.max_step if cfg.max_step is not None else cfg.max_epoch * self.steps_per_epoch
 
-    def _build_model(self, resume_from: Optional[str]) -> None:
+    def _dataset(self, path: str, flag: str) -> FTDataset:
+        """An encoded file as a dataset; an error when it has no example or no loss token (a loss
+        of 0 would mean nothing), a warning for examples without one."""
+        cfg = self.cfg
+        examples = read_encoded(path)
+        if not examples:
+            raise FormatError(f"{path}: no examples ({flag})")
+        dataset = FTDataset(examples, cfg.seq_len, joint_lm=cfg.obj == "jlm")
+        counts = dataset.loss_tokens()
+        empty = sum(n == 0 for n in counts)
+        if empty == len(counts):
+            shortest = min(len(c) for c, _ in examples)
+            raise ConfigError(
+                f"{flag} {path}: --seq_len {cfg.seq_len} leaves no loss token in any of its {len(counts)} examples "
+                f"(the shortest context has {shortest} tokens); raise --seq_len"
+            )
+        if empty:
+            self.log.warn(f"{path}: {empty} of {len(counts)} examples have no loss token at --seq_len {cfg.seq_len}")
+        return dataset
+
+    def _check_token_ids(self) -> None:
+        """Every token id of the data must be in the model's vocabulary."""
+        vocab = self.model.config.vocab_size
+        for path, dataset in ((self.cfg.train_data, self.train_set), (self.cfg.valid_data, self.valid_set)):
+            if dataset is None:
+                continue
+            for i, (context, completion) in enumerate(dataset.examples):
+                for field, ids in (("context", context), ("completion", completion)):
+                    if max(ids) >= vocab:
+                        raise FormatError(
+                            f"{path}:{locate(path, i)}: field '{field}' holds token id {max(ids)}; the model's "
+                            f"vocabulary has ids 0..{vocab - 1}"
+                        )
+
+    def _build_model(self, weights) -> None:
         """The model (same seed, same backbone and LoRA init on every rank and in every resumed run),
-        its weights from ``resume_from``, on the device, under DDP when there is a process group."""
+        with the resumed ``weights`` if any, on the device, under DDP when there is a process group."""
         cfg = self.cfg
         self.model = build_model(cfg, self.log)
         self.full = cfg.lora_dim == 0 or cfg.save_full
-        if resume_from:
-            self._load_weights(resume_from)
+        if weights is not None and cfg.lora_dim > 0:
+            apply_lora_weights(self.model, weights)
+        elif weights is not None:
+            self.model.load_state_dict(weights, strict=True)
         self.model.to(self.device)
         if cfg.compile:
             self.model.transformer.compile(dynamic=True)  # the body only: the LM head's input size varies
@@ -221,36 +353,6 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- setup
 
-    def _prepare_work_dir(self) -> Optional[str]:
-        """The checkpoint to resume from, or None; refuses to mix a new run with an old one."""
-        cfg = self.cfg
-        last = layout.last_checkpoint(cfg.work_dir) if os.path.isdir(self.ckpt_root) else None
-        if self.dist.is_main:
-            layout.remove_stale_temp_dirs(self.ckpt_root)
-        if cfg.resume:
-            return last
-        if last and not cfg.overwrite:
-            raise ConfigError(
-                f"{cfg.work_dir} already holds a run (last checkpoint {last}): pass --resume "
-                f"to continue it, --overwrite to replace it, or another --work_dir"
-            )
-        barrier()
-        if self.dist.is_main and cfg.overwrite:
-            shutil.rmtree(self.ckpt_root, ignore_errors=True)
-            shutil.rmtree(os.path.join(cfg.work_dir, "tensorboard"), ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(cfg.work_dir, "log.jsonl"))
-        barrier()
-        return None
-
-    def _load_weights(self, folder: str) -> None:
-        if self.cfg.lora_dim > 0:
-            tensors, _ = load_lora(os.path.join(folder, ADAPTER_FILE))
-            apply_lora_weights(self.model, tensors)
-        else:
-            saved = load_pretrained(os.path.join(folder, layout.FULL_MODEL), self.cfg.model_card)
-            self.model.load_state_dict(saved.state_dict(), strict=True)
-
     def _load_state(self, state: dict, folder: str) -> None:
         cfg = config_to_dict(self.cfg)
         saved = state["config"]
@@ -269,7 +371,13 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+        except ValueError as e:
+            raise ConfigError(
+                f"cannot resume {folder}: its data order does not fit this run ({e}; the global batch is "
+                f"train_batch_size x grad_acc x processes, and the training data must be the same)"
+            ) from None
         self.step, self.epoch = state["step"], state["epoch"]
         self.best_val_loss, self.last_val_loss = state["best_val_loss"], state["last_val_loss"]
         self.last_eval_step = self.last_save_step = self.step
@@ -314,6 +422,7 @@ class Trainer:
                 return self._loop()
             finally:
                 self.log.close()
+                self.release()
 
     def _done(self) -> bool:
         return self.step >= self.max_step or (self.cfg.max_epoch is not None and self.epoch > self.cfg.max_epoch)
@@ -333,7 +442,10 @@ class Trainer:
                 self._end_epoch()
             if stop:
                 self._save(f"step-{self.step}", resumable=True, skip_if_saved=True)
-                how = f"signal {self._stop_signal}" if self._stop_signal else "a signal to another rank"
+                if self._stop_signal == int(signal.SIGHUP) and self._launcher is not None:
+                    how = f"the end of its launcher (pid {self._launcher})"
+                else:
+                    how = f"signal {self._stop_signal}" if self._stop_signal else "a signal to another rank"
                 self.log.event(
                     self.step,
                     f"stopped by {how} at step {self.step}; continue with --resume (checkpoint {self.last_checkpoint})",
@@ -386,6 +498,8 @@ class Trainer:
                 loss = token_loss_sum(model, self._to_device(mb), cfg.label_smooth, self._autocast)
                 self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach()
+        if self._launcher is not None and self._stop_signal is None and os.getppid() != self._launcher:
+            self._stop_signal = int(signal.SIGHUP)  # torchrun is gone: stop as after a signal
         stop = torch.tensor(1.0 if self._stop_signal is not None else 0.0, dtype=torch.float64, device=self.device)
         total_loss, any_stop = all_reduce_sum(torch.stack([loss_sum, stop])).tolist()
         loss = total_loss / max(n_loss, 1.0)
@@ -528,7 +642,7 @@ class Trainer:
         def handler(signum, frame):  # no printing here: the interrupted code may be writing to stdout
             if self._stop_signal is not None:
                 signal.signal(signum, signal.SIG_DFL)
-                raise KeyboardInterrupt
+                raise StoppedAtOnce(signum)
             self._stop_signal = signum
 
         previous = {}
@@ -595,21 +709,50 @@ def train(cfg: TrainConfig) -> TrainResult:
         cleanup()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``gpt2_ft.py``. Exit status: 0 done, 1 non-finite loss or a bad input file, 2 bad
-    configuration, 128 + signal number when stopped by SIGINT / SIGTERM (after saving)."""
-    argv = normalize_launcher_argv(sys.argv[1:] if argv is None else list(argv))
-    try:
-        cfg = parse_config(TrainConfig, argv, prog="gpt2_ft.py", defaults=environment_defaults())
-    except ValueError as e:  # a --config file with an unknown key or a value of the wrong type
-        print(f"gpt2_ft.py: error: {e}", file=sys.stderr)
-        return 2
+def _main(argv: List[str]) -> int:
+    cfg = parse_config(TrainConfig, argv, prog="gpt2_ft.py", defaults=environment_defaults())
     try:
         result = train(cfg)
-    except ConfigError as e:
-        print(f"gpt2_ft.py: error: {e}", file=sys.stderr)
-        return 2
     except NonFiniteLoss as e:
-        print(f"gpt2_ft.py: error: {e}", file=sys.stderr)
+        _say_once(f"gpt2_ft.py: error: {e}")
         return 1
+    except StoppedAtOnce as e:
+        _say_once(
+            f"gpt2_ft.py: stopped at once by a second signal ({e.signum}); nothing saved after the last "
+            f"checkpoint: continue with --resume"
+        )
+        return 128 + e.signum
     return 128 + int(result.interrupted_by) if result.interrupted_by else 0
+
+
+def _say_once(text: str) -> None:
+    """Every rank meets the same bad input or loss: rank 0 says it."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text, file=sys.stderr)
+
+
+def _end_torchrun() -> None:
+    """After a failure already explained in one line: end the torchrun agent that launched this
+    worker, so that its summary of the failed workers (a traceback) does not bury that line. The
+    other workers meet the same error and end by themselves."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return
+    if "torchrun" in command or "torch.distributed.run" in command:
+        sys.stderr.flush()
+        os.kill(parent, signal.SIGKILL)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``gpt2_ft.py``. Exit status: 0 done, 1 non-finite loss, 2 a bad input (file, flag, work dir),
+    128 + signal number when stopped by SIGINT / SIGTERM (after saving; 129: torchrun was killed)."""
+    argv = normalize_launcher_argv(sys.argv[1:] if argv is None else list(argv))
+    code = run_program("gpt2_ft.py", _main, argv, quiet=os.environ.get("RANK", "0") != "0")
+    if code in (1, 2):
+        _end_torchrun()
+    return code

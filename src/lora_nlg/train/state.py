@@ -5,18 +5,21 @@ generators, loadable with ``torch.load(weights_only=True)``; ``write_checkpoint`
 checkpoint folder under a temporary name and swaps it into place.
 """
 
+import json
 import os
 import random
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
 from lora_nlg.lora import lora_modules
-from lora_nlg.weights.adapter import save_lora
-from lora_nlg.weights.backbone import save_pretrained
+from lora_nlg.weights import layout
+from lora_nlg.weights.adapter import load_lora, save_lora
+from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 from lora_nlg.weights.layout import ADAPTER_FILE, FULL_MODEL, TRAINER_STATE, new_temp_dir, swap_in, write_description
+from lora_nlg.weights.tensors import CheckpointError, torch_load
 
 # ------------------------------------------------------------------------------ random state
 
@@ -55,7 +58,7 @@ def save_trainer_state(folder: str, state: dict) -> None:
 
 
 def load_trainer_state(folder: str) -> dict:
-    return torch.load(os.path.join(folder, TRAINER_STATE), map_location="cpu", weights_only=True)
+    return torch_load(os.path.join(folder, TRAINER_STATE))
 
 
 def write_checkpoint(
@@ -83,3 +86,57 @@ def write_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _load_resumable(folder: str, full: bool, model_card: Optional[str]) -> Tuple[dict, Any]:
+    """(trainer state, weights) of one checkpoint folder: the adapter's tensors, or with ``full``
+    the state dict of its model/; a CheckpointError naming the missing or damaged file."""
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{folder}: no such folder")
+    state_file = os.path.join(folder, TRAINER_STATE)
+    if not os.path.isfile(state_file):
+        raise CheckpointError(f"{state_file}: missing")
+    state = torch_load(state_file)
+    if not isinstance(state, dict) or not {"step", "optimizer", "sampler", "rng", "config"} <= set(state):
+        raise CheckpointError(f"{state_file}: not a trainer state (step, optimizer, sampler, rng, config)")
+    if full:
+        weights = load_pretrained(os.path.join(folder, FULL_MODEL), model_card).state_dict()
+    else:
+        weights, _ = load_lora(os.path.join(folder, ADAPTER_FILE))
+    return state, weights
+
+
+def resume_point(
+    work_dir: str, full: bool, model_card: Optional[str], fallback: bool, warn: Callable[[str], None]
+) -> Optional[Tuple[str, dict, Any]]:
+    """``(folder, trainer state, weights)`` to resume from: the folder ``last`` names or, when it
+    is missing or damaged and ``fallback``, the newest complete one (``warn`` says what was
+    skipped and why); None for a work dir without checkpoints."""
+    root = layout.checkpoints_dir(work_dir)
+    named = layout.last_name(work_dir)
+    steps = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if name.startswith(".") or name == layout.BEST or not os.path.isfile(os.path.join(root, name, TRAINER_STATE)):
+            continue
+        try:
+            with open(os.path.join(root, name, layout.DESCRIPTION), encoding="utf-8") as f:
+                steps[name] = int(json.load(f)["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            steps[name] = -1  # tried last: its description is damaged
+    order = ([named] if named else []) + sorted((n for n in steps if n != named), key=lambda n: -steps[n])
+    skipped = []
+    for name in order:
+        folder = os.path.join(root, name)
+        try:
+            state, weights = _load_resumable(folder, full, model_card)
+        except CheckpointError as e:
+            if not fallback:
+                raise CheckpointError(f"cannot resume from {folder}: {e} (resume_fallback is off)") from None
+            skipped.append(str(e))
+            continue
+        if skipped:
+            warn(f"resuming from {folder}, not from the newer checkpoint(s) that are damaged: " + "; ".join(skipped))
+        return folder, state, weights
+    if skipped:
+        raise CheckpointError(f"cannot resume {work_dir}: no complete checkpoint: " + "; ".join(skipped))
+    return None

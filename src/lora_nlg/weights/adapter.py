@@ -20,14 +20,13 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 from safetensors.torch import save
 
 from lora_nlg.atomic import atomic_write
-from lora_nlg.lora import LoRAConfig, apply_lora, lora_config_of, lora_modules, lora_state_dict
+from lora_nlg.lora import LoRAConfig, apply_lora, lora_config_of, lora_modules, lora_shapes, lora_state_dict
 from lora_nlg.model import GPT2Config, GPT2LMModel
 from lora_nlg.weights.layout import ADAPTER_FILE, METADATA_KEY
-from lora_nlg.weights.tensors import LORA_KEY, CheckpointError, fit_report, read_tensors
+from lora_nlg.weights.tensors import LORA_KEY, CheckpointError, check_finite, fit_report, read_safetensors, read_tensors
 
 
 def save_lora(path, model: torch.nn.Module, metadata: Optional[dict] = None) -> None:
@@ -75,16 +74,9 @@ def load_lora(path) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
             raise CheckpointError(f"{path}: a directory without {ADAPTER_FILE}")
         path = os.path.join(path, ADAPTER_FILE)
     if path.endswith(".safetensors"):
-        with safe_open(path, framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        metadata = None
-        if METADATA_KEY in header:
-            try:
-                metadata = json.loads(header[METADATA_KEY])
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{path}: header metadata {METADATA_KEY!r} is not valid JSON: {e}") from None
-        return tensors, metadata
+        tensors, header = read_safetensors(path)
+        check_finite(tensors, path)
+        return tensors, header_metadata(header, path)
     tensors = {}
     for key, t in read_tensors(path).items():
         key = key[len("module.") :] if key.startswith("module.") else key
@@ -92,7 +84,23 @@ def load_lora(path) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
             tensors[key] = t
     if not tensors:
         raise CheckpointError(f"{path}: no LoRA tensors (keys ending in lora_A / lora_B)")
+    check_finite(tensors, path)
     return tensors, None
+
+
+def header_metadata(header: dict, path) -> Optional[dict]:
+    """Our description in a safetensors header (a JSON object under ``"lora_nlg"``), or None."""
+    if METADATA_KEY not in header:
+        return None
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: header metadata {METADATA_KEY!r} is not valid JSON: {e}") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(
+            f"{path}: header metadata {METADATA_KEY!r} is {type(metadata).__name__}, expected an object"
+        )
+    return metadata
 
 
 def apply_lora_weights(model: torch.nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
@@ -124,16 +132,54 @@ def apply_lora_weights(model: torch.nn.Module, tensors: Dict[str, torch.Tensor])
             targets[k].copy_(t)
 
 
+# Claims beyond any GPT-2 are refused before they are believed (the LoRA tensors check n_layer and
+# n_embd; nothing in an adapter checks these two).
+MAX_VOCAB, MAX_POSITIONS = 1 << 20, 1 << 16
+
+
 def model_config_from_metadata(metadata: dict, source: str) -> GPT2Config:
     """The backbone shape an adapter was trained on (``model_config``, else ``model_card``)."""
     shape = metadata.get("model_config")
     if isinstance(shape, dict):
-        fields = {f.name for f in dataclasses.fields(GPT2Config)}
-        return GPT2Config(**{k: v for k, v in shape.items() if k in fields})
+        fields = {f.name: f.type for f in dataclasses.fields(GPT2Config)}
+        values = {k: v for k, v in shape.items() if k in fields}
+        for k, v in values.items():
+            ok = (type(v) is int and v > 0) if fields[k] in (int, "int") else isinstance(v, (int, float)) and 0 <= v < 1
+            if not ok:
+                raise CheckpointError(f"{source}: metadata model_config.{k} = {v!r} is not a valid GPT-2 setting")
+        config = GPT2Config(**values)
+        if config.n_embd % config.n_head or config.vocab_size > MAX_VOCAB or config.n_positions > MAX_POSITIONS:
+            raise CheckpointError(
+                f"{source}: metadata model_config (n_embd={config.n_embd}, n_head={config.n_head}, "
+                f"vocab_size={config.vocab_size}, n_positions={config.n_positions}) describes no GPT-2 "
+                f"(n_embd must divide by n_head; at most {MAX_VOCAB} tokens and {MAX_POSITIONS} positions)"
+            )
+        return config
     card = metadata.get("model_card")
     if card:
-        return GPT2Config.from_card(card)
+        try:
+            return GPT2Config.from_card(card)
+        except ValueError as e:
+            raise CheckpointError(f"{source}: metadata model_card: {e}") from None
     raise CheckpointError(f"{source}: the metadata names neither model_config nor model_card")
+
+
+def check_lora_shapes(
+    tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig, model_config: GPT2Config, source: str
+) -> None:
+    """The LoRA tensors of a file must be exactly those its description implies, checked before
+    anything is built from the description."""
+    want = lora_shapes(lora_config, model_config.n_layer, model_config.n_embd)
+    have = {k: tuple(t.shape) for k, t in tensors.items() if LORA_KEY.fullmatch(k)}
+    report = fit_report(
+        f"{source}: the LoRA tensors do not fit its description (r={lora_config.r}, targets="
+        f"{list(lora_config.targets)}, n_layer={model_config.n_layer}, n_embd={model_config.n_embd}):",
+        [k for k in want if k not in have],
+        [k for k in have if k not in want],
+        [f"{k}: {have[k]} in the file, {want[k]} described" for k in want if k in have and have[k] != want[k]],
+    )
+    if report:
+        raise CheckpointError(report)
 
 
 def lora_config_from_metadata(metadata: Optional[dict], source: str) -> LoRAConfig:
@@ -191,6 +237,7 @@ def write_adapter(
 ) -> None:
     """Save LoRA ``tensors`` (keys of ``lora_state_dict``) as our adapter file, strictly checked
     against ``lora_config`` on a ``model_config`` backbone."""
+    check_lora_shapes(tensors, lora_config, model_config, str(path))
     model = skeleton(model_config, lora_config)
     apply_lora_weights(model, {k: v.float() for k, v in tensors.items()})
     save_lora(path, model, metadata)
@@ -200,7 +247,10 @@ def read_adapter(path) -> Tuple[Dict[str, torch.Tensor], dict, LoRAConfig, GPT2C
     """``(tensors, metadata, lora_config, model_config)`` of one of our adapter files."""
     tensors, metadata = load_lora(path)
     source = str(path)
-    return tensors, metadata, lora_config_from_metadata(metadata, source), model_config_from_metadata(metadata, source)
+    lora_config = lora_config_from_metadata(metadata, source)
+    model_config = model_config_from_metadata(metadata, source)
+    check_lora_shapes(tensors, lora_config, model_config, source)
+    return tensors, metadata, lora_config, model_config
 
 
 def update_norms(tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig) -> Dict[str, float]:

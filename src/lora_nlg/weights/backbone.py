@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from lora_nlg.catalog import EOS_ID
+from lora_nlg.jsonl import read_json
 from lora_nlg.lora import lora_modules
 from lora_nlg.model import GPT2_SIZES, GPT2Config, GPT2LMModel
 from lora_nlg.weights.layout import new_temp_dir, swap_in
@@ -36,6 +37,7 @@ from lora_nlg.weights.tensors import (
     LORA_KEY,
     TF_SUFFIXES,
     CheckpointError,
+    check_finite,
     fit_report,
     read_tensors,
 )
@@ -64,8 +66,10 @@ def _read_folder(folder: str) -> Tuple[Dict[str, torch.Tensor], Optional[dict], 
         )
     weights = os.path.join(folder, name)
     if name.endswith(".index.json"):
-        with open(weights, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = read_json(weights, CheckpointError).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{weights}: no 'weight_map' object")
+        shards = sorted(set(map(str, weight_map.values())))
         tensors = {}
         for shard in shards:
             tensors.update(read_tensors(os.path.join(folder, shard)))
@@ -74,8 +78,7 @@ def _read_folder(folder: str) -> Tuple[Dict[str, torch.Tensor], Optional[dict], 
     config = None
     config_path = os.path.join(folder, "config.json")
     if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = read_json(config_path, CheckpointError)
     return tensors, config, weights
 
 
@@ -171,10 +174,15 @@ def load_pretrained(path, model_card: Optional[str] = None, dtype: Optional[torc
     dtype: of the parameters; default float32 whatever the file stores.
     """
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"{path}: no such file or folder (the backbone: a Hugging Face GPT-2 folder or weights file)"
+        )
     if os.path.isdir(path):
         tensors, hf_config, source = _read_folder(path)
     else:
         tensors, hf_config, source = read_tensors(path), None, path
+    check_finite(tensors, source)
     by_name, original = _normalize_backbone_keys(tensors, source)
     config = _infer_config(by_name, hf_config, model_card, source)
     dtype = dtype or torch.float32
@@ -216,7 +224,7 @@ def load_pretrained(path, model_card: Optional[str] = None, dtype: Optional[torc
     if report:
         if any(LORA_KEY.fullmatch(n) for n in by_name):
             report += (
-                "\n  The file holds LoRA tensors (a fine-tuned model, e.g. upstream's final "
+                " | The file holds LoRA tensors (a fine-tuned model, e.g. upstream's final "
                 "checkpoint): load the pretrained GPT-2 with load_pretrained and the LoRA "
                 "tensors with load_lora(path)."
             )

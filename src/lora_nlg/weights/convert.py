@@ -20,9 +20,9 @@ any file that does not convert.
 import argparse
 import sys
 
+from lora_nlg.cli import run_program
 from lora_nlg.lora import SCALING_RULES
 from lora_nlg.model import GPT2_SIZES
-from lora_nlg.weights.tensors import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +127,11 @@ def run(args) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        print(run(args))
-    except (CheckpointError, OSError) as e:
-        print(f"lora_export.py: error: {e}", file=sys.stderr)
-        return 1
+    return run_program("lora_export.py", _main, argv, code=1)
+
+
+def _main(argv) -> int:
+    print(run(build_parser().parse_args(argv)))
     return 0
 
 

@@ -23,10 +23,15 @@ import urllib.request
 from typing import List, Literal, Optional
 
 from lora_nlg.catalog import HUB_NAMES, hub_folder
-from lora_nlg.cli import parse_config, positional
+from lora_nlg.cli import parse_config, positional, run_program
+from lora_nlg.errors import InputError
 
 HUB = "https://huggingface.co"
 FILES = ("config.json", "model.safetensors")
+
+
+class FetchError(InputError, RuntimeError):
+    """A checkpoint that cannot be fetched, or whose hash is not the expected one."""
 
 
 def sha256_of(path: str) -> str:
@@ -45,7 +50,7 @@ def hub_sha256(repo: str, filename: str, revision: str = "main") -> str:
     for entry in listing:
         if entry.get("path") == filename and entry.get("lfs"):
             return entry["lfs"]["oid"]
-    raise RuntimeError(f"{url}: no LFS entry for {filename}")
+    raise FetchError(f"{url}: no LFS entry for {filename}")
 
 
 def _download(url: str, dest: str) -> None:
@@ -85,7 +90,7 @@ def fetch(card: str, out_dir: str, mirror: str = None, sha256: str = None, revis
                     print(f"downloading {url}", file=sys.stderr)
                     _download(url, os.path.join(folder, name))
         except (urllib.error.URLError, OSError) as e:
-            raise RuntimeError(
+            raise FetchError(
                 f"cannot download {repo} from {HUB} ({e}); put {hub_folder(card)}/config.json and "
                 f"model.safetensors in a folder and pass it with --mirror or NLG_MODEL_MIRROR"
             ) from e
@@ -94,7 +99,7 @@ def fetch(card: str, out_dir: str, mirror: str = None, sha256: str = None, revis
         got = sha256_of(weights)
         if got != sha256:
             os.unlink(weights)
-            raise RuntimeError(f"{weights}: sha256 {got} does not match the expected {sha256}; removed it")
+            raise FetchError(f"{weights}: sha256 {got} does not match the expected {sha256}; removed it")
         print(f"{weights}: sha256 ok ({got})", file=sys.stderr)
     return folder
 
@@ -120,6 +125,10 @@ class FetchConfig:
 
 
 def main(argv=None) -> int:
+    return run_program("download_pretrained_checkpoints", _main, argv, code=1)
+
+
+def _main(argv) -> int:
     cfg = parse_config(
         FetchConfig,
         argv,
@@ -127,11 +136,7 @@ def main(argv=None) -> int:
         defaults={"mirror": os.environ.get("NLG_MODEL_MIRROR")},
     )
     for card in cfg.cards:
-        try:
-            print(fetch(card, cfg.out, cfg.mirror, cfg.sha256, cfg.revision))
-        except (RuntimeError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        print(fetch(card, cfg.out, cfg.mirror, cfg.sha256, cfg.revision))
     return 0
 
 

@@ -20,6 +20,7 @@ complete folder.
     python -m lora_nlg.weights.layout decodable CKPT [--full]   # what gpt2_beam.py should load
 """
 
+import contextlib
 import json
 import os
 import re
@@ -28,10 +29,8 @@ import sys
 import tempfile
 from typing import List, Optional, Tuple
 
-from safetensors import safe_open
-
 from lora_nlg.atomic import atomic_write
-from lora_nlg.weights.tensors import LORA_KEY, CheckpointError, read_tensors
+from lora_nlg.weights.tensors import LORA_KEY, CheckpointError, read_safetensors, read_tensors
 
 CHECKPOINTS = "checkpoints"
 LAST = "last"
@@ -69,11 +68,17 @@ def swap_in(tmp: str, final: str) -> None:
 
 
 def remove_stale_temp_dirs(root: str) -> None:
-    """Half-written folders a killed run left behind (``.<name>.*.tmp`` / ``.old``)."""
+    """Half-written folders and files a killed run left behind (``.<name>.*.tmp`` / ``.old``:
+    checkpoint folders, the ``last`` pointer)."""
     if os.path.isdir(root):
         for name in os.listdir(root):
             if name.startswith(".") and (name.endswith(".tmp") or name.endswith(".old")):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                path = os.path.join(root, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
 
 
 def write_last(root: str, name: str) -> None:
@@ -133,8 +138,8 @@ def checkpoint_kind(path: str) -> Tuple[str, str]:
             return "full", os.path.join(path, FULL_MODEL)
         return "full", path
     if path.endswith(".safetensors"):
-        with safe_open(path, framework="pt", device="cpu") as f:
-            is_adapter = METADATA_KEY in (f.metadata() or {}) or all(LORA_KEY.fullmatch(k) for k in f.keys())
+        keys, header = read_safetensors(path, keys_only=True)
+        is_adapter = METADATA_KEY in header or all(LORA_KEY.fullmatch(k) for k in keys)
         return ("adapter" if is_adapter else "full"), path
     if any(LORA_KEY.fullmatch(k[len("module.") :] if k.startswith("module.") else k) for k in read_tensors(path)):
         return "upstream_lora", path

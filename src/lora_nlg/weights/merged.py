@@ -22,6 +22,7 @@ def model_with_adapter(adapter_path, pretrained: Optional[str] = None) -> GPT2LM
     """The backbone ``pretrained`` (default: the adapter's ``init_checkpoint``) with the adapter's
     LoRA on it, unmerged, in eval mode; an error if the backbone is not the one it was trained on."""
     tensors, metadata, lora_config, model_config = read_adapter(adapter_path)
+    lora_config.check_usable(str(adapter_path))
     pretrained = pretrained or metadata.get("init_checkpoint")
     if not pretrained:
         raise CheckpointError(

@@ -50,22 +50,23 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save
 
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import HUB_NAMES, hub_folder
-from lora_nlg.lora import MODULE_SLICES, TARGETS, LoRAConfig, enabled_slices
+from lora_nlg.jsonl import read_json
+from lora_nlg.lora import MODULE_DIMS, MODULE_SLICES, TARGETS, LoRAConfig, enabled_slices
 from lora_nlg.model import GPT2_SIZES, GPT2Config
 from lora_nlg.weights.adapter import (
     apply_lora_weights,
+    header_metadata,
     model_config_from_metadata,
     read_adapter,
     skeleton,
     write_adapter,
 )
 from lora_nlg.weights.layout import METADATA_KEY
-from lora_nlg.weights.tensors import CheckpointError, read_tensors
+from lora_nlg.weights.tensors import CheckpointError, read_safetensors, read_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -216,22 +217,15 @@ def read_peft(folder) -> Tuple[Dict[str, torch.Tensor], dict, Optional[dict], st
     config_path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{folder}: no {CONFIG_FILE}; not a PEFT adapter folder")
-    with open(config_path, encoding="utf-8") as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{config_path}: not valid JSON: {e}") from None
+    config = read_json(config_path, CheckpointError)
     name = next((n for n in WEIGHTS_FILES if os.path.isfile(os.path.join(folder, n))), None)
     if name is None:
         raise CheckpointError(f"{folder}: no weights; expected one of {list(WEIGHTS_FILES)}")
     path = os.path.join(folder, name)
     header = None
     if name.endswith(".safetensors"):
-        with safe_open(path, framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if METADATA_KEY in meta:
-            header = json.loads(meta[METADATA_KEY])
+        tensors, meta = read_safetensors(path)
+        header = header_metadata(meta, path)
     else:
         tensors = read_tensors(path)  # torch.load(weights_only=True)
     return tensors, config, header, path
@@ -293,6 +287,20 @@ def _check_config(config: dict, cfg_source: str) -> str:
         value = config.get(field, fine)
         if value not in (fine, None, False, [], {}):
             raise NotRepresentable(f"{cfg_source}: field {field!r} = {value!r} is not supported ({why})")
+    for field in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(field)
+        if pattern is not None and not isinstance(pattern, dict):
+            raise CheckpointError(f"{cfg_source}: field {field!r} must be an object, got {type(pattern).__name__}")
+        for key in pattern or {}:
+            try:
+                re.compile(key)
+            except re.error as e:
+                raise CheckpointError(
+                    f"{cfg_source}: field {field!r}: {key!r} is not a regular expression ({e})"
+                ) from None
+    r = config.get("r", 8)
+    if type(r) is not int or r < 1:
+        raise CheckpointError(f"{cfg_source}: field 'r' = {r!r}; expected an integer >= 1")
     bias_mode = config.get("bias", "none")
     if bias_mode not in BIAS_MODES:
         raise CheckpointError(f"{cfg_source}: field 'bias' = {bias_mode!r}; expected one of {BIAS_MODES}")
@@ -334,7 +342,12 @@ def _scaled_modules(peft_tensors: Dict[str, torch.Tensor], config: dict, bias_mo
                 f"{source}: {name}: lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}, "
                 f"but {CONFIG_FILE} says rank {want_rank} (fields r / rank_pattern)"
             )
-        alpha = float(_pattern_value(config.get("alpha_pattern"), name, alpha_default))
+        alpha = _pattern_value(config.get("alpha_pattern"), name, alpha_default)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise CheckpointError(
+                f"{source}: {CONFIG_FILE}: lora_alpha (or alpha_pattern) for {name} is {alpha!r}, not a finite number"
+            )
+        alpha = float(alpha)
         modules[(i, path)] = (a, b, alpha / (math.sqrt(rank) if use_rslora else rank))
     return modules, biases
 
@@ -420,8 +433,8 @@ def _one_rank_and_scale(ours, model_config: GPT2Config, enable, notes: List[str]
                 pb = [torch.cat([y * fold, y.new_zeros(y.shape[0], r_star - r)], dim=1) for y in parts_b]
             else:
                 n = sum(enable) if p == "attn.c_attn" else 1
-                in_f = 4 * C if p == "mlp.c_proj" else C
-                out_f = {"attn.c_attn": C, "attn.c_proj": C, "mlp.c_fc": 4 * C, "mlp.c_proj": C}[p]
+                in_f = MODULE_DIMS[p][0] * C
+                out_f = MODULE_DIMS[p][1] * C // MODULE_SLICES[p]
                 pa = [torch.zeros(r_star, in_f)] * n
                 pb = [torch.zeros(out_f, r_star)] * n
             tensors[f"{name}.lora_A"] = torch.cat(pa)
@@ -501,8 +514,7 @@ def import_peft(folder, out_path, model_card: Optional[str] = None, pretrained: 
         cfg_path = os.path.join(pretrained, "config.json")
         if not os.path.isfile(cfg_path):
             raise CheckpointError(f"{pretrained}: no config.json to read the model's shape from")
-        with open(cfg_path, encoding="utf-8") as f:
-            pretrained_config = json.load(f)
+        pretrained_config = read_json(cfg_path, CheckpointError)
     tensors, lora_config, model_config, extra = from_peft(
         peft_tensors, config, header, model_card, pretrained_config, source=path
     )

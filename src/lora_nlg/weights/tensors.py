@@ -8,10 +8,13 @@ plain containers: it is never executed.
 import os
 import pickle
 import re
-from typing import Dict, Iterable
+import zipfile
+from typing import Dict, Iterable, Tuple
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+
+from lora_nlg.errors import InputError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
@@ -25,8 +28,47 @@ LM_HEADS = ("lm_head.weight", "lm_head.decoder.weight")  # tied to wte in GPT-2
 LORA_KEY = re.compile(r"(.*)\.lora_[AB]")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+
+
+def read_safetensors(path, keys_only: bool = False) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """``(tensors, header metadata)`` of a safetensors file (with ``keys_only``, the tensors' values
+    are None: nothing is read but the header); a CheckpointError naming the file when it is not one."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: a folder, not a .safetensors file")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            return {k: None if keys_only else f.get_tensor(k) for k in f.keys()}, metadata
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def torch_load(path):
+    """``torch.load(weights_only=True)`` of one file: a CheckpointError naming it when the pickle
+    needs more than tensors (never executed) or the file is damaged."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: a folder, not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: this pickle needs more than tensors (arbitrary objects or "
+            f"code), and unpickling it could run that code. Only plain tensor state dicts are read "
+            f"(torch.load(weights_only=True)). If you trust where the file comes from, convert it "
+            f"once to safetensors and load that instead: "
+            f'python -c "import torch; from safetensors.torch import save_file; '
+            f"sd = torch.load('{path}', weights_only=False); sd = sd.get('model_state_dict', sd); "
+            f"save_file({{k: v.detach().clone().contiguous() for k, v in sd.items()}}, "
+            f"'{os.path.splitext(path)[0]}.safetensors')\" (unpickler said: {reason})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: truncated or damaged, not a readable PyTorch file ({reason})") from None
 
 
 def read_tensors(path) -> Dict[str, torch.Tensor]:
@@ -35,27 +77,15 @@ def read_tensors(path) -> Dict[str, torch.Tensor]:
     A ``{'model_state_dict': ...}`` (upstream) or ``{'state_dict': ...}`` wrapper is removed.
     """
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file or folder")
     if path.endswith(".safetensors"):
-        return load_file(path, device="cpu")
+        return read_safetensors(path)[0]
     if not path.endswith(PICKLE_SUFFIXES):
         raise CheckpointError(
             f"{path}: unknown checkpoint type; expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: this pickle needs more than tensors (arbitrary objects or "
-            f"code), and unpickling it could run that code. Only plain tensor state dicts are read "
-            f"(torch.load(weights_only=True)). If you trust where the file comes from, convert it "
-            f"once to safetensors and load that instead:\n"
-            f'  python -c "import torch; from safetensors.torch import save_file; '
-            f"sd = torch.load('{path}', weights_only=False); sd = sd.get('model_state_dict', sd); "
-            f"save_file({{k: v.detach().clone().contiguous() for k, v in sd.items()}}, "
-            f"'{os.path.splitext(path)[0]}.safetensors')\"\n"
-            f"(unpickler said: {reason})"
-        ) from None
+    obj = torch_load(path)
     for wrapper in ("model_state_dict", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -68,17 +98,24 @@ def read_tensors(path) -> Dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def check_finite(tensors: Dict[str, torch.Tensor], source: str) -> None:
+    """A CheckpointError naming the first tensor of ``source`` that holds NaN or inf."""
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{source}: tensor {key} holds non-finite values (NaN or inf)")
+
+
 def fit_report(title: str, missing: Iterable[str], unexpected: Iterable[str], misshaped: Iterable[str]) -> str:
-    """``title`` and one line per non-empty list: the keys a model lacks, does not know, or has
-    in another shape (empty string when all three are empty)."""
-    missing, unexpected, misshaped = list(missing), list(unexpected), list(misshaped)
-    if not (missing or unexpected or misshaped):
-        return ""
-    lines = [title]
-    if missing:
-        lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))
-    if unexpected:
-        lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
-    if misshaped:
-        lines.append(f"  wrong shape ({len(misshaped)}): " + "; ".join(misshaped))
-    return "\n".join(lines)
+    """One line: ``title`` and, for each non-empty list, the keys a model lacks, does not know, or
+    has in another shape (the first ten of each); empty when all three are empty."""
+    parts = []
+    for what, keys, sep in (
+        ("missing", missing, ", "),
+        ("unexpected", unexpected, ", "),
+        ("wrong shape", misshaped, "; "),
+    ):
+        keys = list(keys)
+        if keys:
+            more = f"{sep}... ({len(keys)} in all)" if len(keys) > 10 else ""
+            parts.append(f"{what} ({len(keys)}): " + sep.join(keys[:10]) + more)
+    return f"{title} " + " | ".join(parts) if parts else ""

@@ -160,6 +160,13 @@ for s in $SEED_LIST; do [[ "$s" =~ ^[0-9]+$ ]] || die "--seed_list: '$s' is not 
 SEED_LIST="$(echo $SEED_LIST)"
 
 mkdir -p "$OUT/logs"
+# One run.sh per run folder: the lock is the kernel's (flock), so it ends with the process that holds
+# it however that ends; the file names the holder. Training holds a lock of its own per seed folder.
+exec 9>>"$OUT/.lock"
+flock -n 9 || die "$OUT is in use by $(cat "$OUT/.lock" 2>/dev/null || echo 'another run.sh'): wait for it, stop it, or use another --out"
+PREVIOUS_HOLDER="$(cat "$OUT/.lock")"
+printf 'pid %s on %s (started %s)\n' "$$" "${HOSTNAME:-$(uname -n)}" "$(date '+%Y-%m-%dT%H:%M:%S%z')" > "$OUT/.lock"
+trap ': > "$OUT/.lock"' EXIT  # a clean end leaves no holder to take over
 RUN_START=$SECONDS
 PROG=run.sh
 # shellcheck source=scripts/steps.sh
@@ -170,6 +177,7 @@ TRAIN_LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPR
 BEAM_LAUNCH=("$PY")
 ((NPROC > 1)) && BEAM_LAUNCH=("${TRAIN_LAUNCH[@]}")
 
+[[ -z "$PREVIOUS_HOLDER" ]] || log "warning: took over the lock of $PREVIOUS_HOLDER, which is no longer running"
 log "run.sh $DATASET | $CARD | $NPROC process(es) | seeds $SEED_LIST | config $CONFIG | decoding $BEAM_CONFIG | out $OUT"
 
 # ------------------------------------------------------------------------------ data

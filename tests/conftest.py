@@ -134,3 +134,23 @@ def mirror():
 @pytest.fixture(scope="session")
 def prepared():
     return prepared_data.prepared_dir()
+
+
+@pytest.fixture(scope="session")
+def e2e_data(tmp_path_factory, mirror):
+    """train.jsonl (256 pairs), valid.jsonl (64 pairs of other MRs) and train64.jsonl (the first 64
+    pairs) from the E2E dev set, encoded as upstream encodes them."""
+    import json
+
+    from lora_nlg.data import raw as D
+    from lora_nlg.data.prepare import encode_pairs
+    from lora_nlg.data.tokenizer import GPT2Tokenizer
+
+    pairs = D.read_e2e_csv(mirror / "e2e" / "devset.csv")
+    encoded, _ = encode_pairs(GPT2Tokenizer.from_dir(), pairs[:256] + pairs[3000:3064])
+    folder = tmp_path_factory.mktemp("e2e")
+    for name, part in (("train", encoded[:256]), ("valid", encoded[256:]), ("train64", encoded[:64])):
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for context, completion in part:
+                f.write(json.dumps({"context": context, "completion": completion}) + "\n")
+    return folder

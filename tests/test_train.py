@@ -6,109 +6,22 @@ Runs go through `main(argv)` in-process where possible, and through real subproc
 (`python -m torch.distributed.run`, `kill -9`, SIGTERM) where the process boundary is the point.
 """
 
-import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors import safe_open
+from training import GPT2_FT, REPO, adapter, assert_same_tensors, records, run, subprocess_env, tiny_args
 
-from lora_nlg.data import raw as D
-from lora_nlg.data.prepare import encode_pairs
-from lora_nlg.data.tokenizer import GPT2Tokenizer
 from lora_nlg.model import GPT2Config, GPT2LMModel
 from lora_nlg.train.loop import main
-from lora_nlg.weights.adapter import load_lora
 from lora_nlg.weights.backbone import load_pretrained, save_pretrained
-
-REPO = Path(__file__).resolve().parents[1]
-GPT2_FT = str(REPO / "src" / "gpt2_ft.py")
-
-
-@pytest.fixture(scope="session")
-def e2e_data(tmp_path_factory, mirror):
-    """train.jsonl (256 pairs), valid.jsonl (64 pairs of other MRs) and train64.jsonl (the first 64
-    pairs) from the E2E dev set."""
-    pairs = D.read_e2e_csv(mirror / "e2e" / "devset.csv")
-    encoded, _ = encode_pairs(GPT2Tokenizer.from_dir(), pairs[:256] + pairs[3000:3064])
-    folder = tmp_path_factory.mktemp("e2e")
-    for name, part in (("train", encoded[:256]), ("valid", encoded[256:]), ("train64", encoded[:64])):
-        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for context, completion in part:
-                f.write(json.dumps({"context": context, "completion": completion}) + "\n")
-    return folder
-
-
-def tiny_args(data, work_dir, *extra):
-    """A small LoRA run on gpt2.tiny (random backbone) on the CPU."""
-    return [
-        "--train_data",
-        str(data / "train.jsonl"),
-        "--valid_data",
-        str(data / "valid.jsonl"),
-        "--model_card",
-        "gpt2.tiny",
-        "--device",
-        "cpu",
-        "--seq_len",
-        "128",
-        "--train_batch_size",
-        "8",
-        "--valid_batch_size",
-        "16",
-        "--lr",
-        "0.002",
-        "--correct_bias",
-        "--log_interval",
-        "1",
-        "--eval_interval",
-        "1000",
-        "--save_interval",
-        "1000",
-        "--tensorboard",
-        "false",
-        "--work_dir",
-        str(work_dir),
-        *extra,
-    ]
-
-
-def adapter(path):
-    tensors, metadata = load_lora(path)
-    return tensors, metadata
-
-
-def records(work_dir, kind):
-    with open(Path(work_dir) / "log.jsonl", encoding="utf-8") as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
-
-
-def assert_same_tensors(a, b, atol=0.0):
-    assert sorted(a) == sorted(b)
-    for k in a:
-        if atol == 0.0:
-            assert torch.equal(a[k], b[k]), f"{k}: max diff {(a[k] - b[k]).abs().max()}"
-        else:
-            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
-
-
-def subprocess_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
-    env.pop("PT_OUTPUT_DIR", None)
-    return env
-
-
-def run(cmd, timeout=240, **kw):
-    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, **kw)
-
 
 # ------------------------------------------------------------------------------- a short run
 

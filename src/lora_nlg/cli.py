@@ -175,9 +175,15 @@ def _coerce(value, tp, where: str):
     if tp is bool:
         if isinstance(value, bool):
             return value
-        return _str2bool(str(value))
-    if tp is float and isinstance(value, (int, float, str)):
-        return float(value)
+        try:
+            return _str2bool(str(value))
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{where}: {e}") from None
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is str and isinstance(value, (str, int, float)):

@@ -255,6 +255,8 @@ def run(cfg: DecodeConfig) -> dict:
         raise ValueError("--filter seen/unseen applies to WebNLG only")
     sources, kind = read_sources(cfg.input_file, cfg.ref_unique_file)
     predictions = dict(read_predictions(cfg.sample_file, cfg.vocab))
+    if not predictions:
+        raise FormatError(f"{cfg.sample_file}: no predictions")
     groups = build_groups(sources, predictions, cfg.protocol, cfg.filter)
     n_sources = sum(keep_source(s, cfg.filter) for s in sources)
     summary = {

@@ -36,6 +36,8 @@ def read_safetensors(path, keys_only: bool = False) -> Tuple[Dict[str, torch.Ten
     """``(tensors, header metadata)`` of a safetensors file (with ``keys_only``, the tensors' values
     are None: nothing is read but the header); a CheckpointError naming the file when it is not one."""
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: a folder, not a .safetensors file")
     try:

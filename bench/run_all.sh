@@ -8,7 +8,8 @@
 # decoding: 16 of the 630 E2E test inputs, 8 for the transformers comparison, 2 seed lines;
 # evaluation always runs whole: it is CPU work). Reports go to DIR (default bench_out/:
 # train.json, beam.json, eval.json, each benchmark's output in <name>.log, table.md). A benchmark
-# that fails is reported in the table; the exit status is then 1.
+# that fails is reported in the table; the exit status is then 1. Each benchmark's output shows as it
+# runs; how long each takes on a 2-core CPU: README, "Benchmarks".
 set -euo pipefail
 CALLER="$PWD"
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"  # ROOT, the venv, PYTHONPATH, PY
@@ -40,12 +41,19 @@ else
 fi
 
 FAILED=()
-bench() {  # bench NAME COMMAND...: run one benchmark, keep going if it fails
+TOTAL=$(echo ${ONLY//,/ } | wc -w)
+N=0
+bench() {  # bench NAME COMMAND...: run one benchmark, keep going if it fails; its output goes to
+  # OUT/NAME.log and, line by line with the benchmark's name in front, to the terminal
   local name="$1"; shift
   local start=$SECONDS rc=0
+  N=$((N + 1))
   rm -f "$OUT/$name.json"
-  echo "[run_all.sh $(date +%H:%M:%S)] $name: $*" >&2
-  "$@" --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1 || rc=$?
+  echo "[run_all.sh $(date +%H:%M:%S)] benchmark $N of $TOTAL: $name: $*" >&2
+  set +e
+  "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" | sed -u "s/^/  [$name] /" >&2
+  rc=${PIPESTATUS[0]}
+  set -e
   if ((rc != 0)); then
     echo "[run_all.sh] $name FAILED (exit $rc) after $((SECONDS - start)) s; last lines of $OUT/$name.log:" >&2
     tail -n 15 "$OUT/$name.log" >&2

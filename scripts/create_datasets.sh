@@ -22,4 +22,4 @@ while (($#)); do
   shift
 done
 ((${#datasets[@]})) || datasets=(all)
-exec "$PY" -m lora_nlg.data.prepare --datasets "${datasets[@]}" ${flags[@]+"${flags[@]}"}
+LORA_NLG_PROG="scripts/create_datasets.sh" exec "$PY" -m lora_nlg.data.prepare "${datasets[@]}" ${flags[@]+"${flags[@]}"}

@@ -110,7 +110,15 @@ from lora_nlg.metrics.report import format_table
 print(format_table(json.load(open(sys.argv[1], encoding="utf-8"))))
 PYEOF
 echo
-echo "chosen checkpoint: $("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["chosen"], "dev BLEU", {k: round(v, 4) for k, v in d["scores"].items()})' "$SEED_DIR/selection.json")"
+"$PY" - "$SEED_DIR/selection.json" <<'PYEOF'
+import json, sys
+from lora_nlg.pipeline.model_selection import bleu_0_100
+d = json.load(open(sys.argv[1], encoding="utf-8"))
+scores = ", ".join(f"{k} {bleu_0_100('e2e', v):.2f}" for k, v in d["scores"].items())
+print(f"chosen checkpoint: {d['chosen']} (dev BLEU on 0-100: {scores}; the table above is on eval.sh's scales)")
+for name, warning in d.get("warnings", {}).items():
+    print(f"WARNING: {name}: {warning}")
+PYEOF
 echo "predictions: $SEED_DIR/test/predictions.jsonl"
 echo "metrics:     $OUT/metrics.json"
 echo "loss plot:   $OUT/loss.png"

@@ -7,4 +7,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
 cd "$ROOT"
 args=("$@")
 if [[ ${#args[@]} -eq 0 || "${args[0]}" == --* ]]; then args=(gpt2.sm gpt2.md gpt2.lg "${args[@]}"); fi
-exec "$PY" -m lora_nlg.weights.hub "${args[@]}"
+LORA_NLG_PROG="scripts/download_pretrained_checkpoints.sh" exec "$PY" -m lora_nlg.weights.hub "${args[@]}"

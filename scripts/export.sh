@@ -8,4 +8,4 @@
 # Paths are taken relative to the current directory (the script does not cd).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
-exec "$PY" "$ROOT/src/lora_export.py" "$@"
+LORA_NLG_PROG="scripts/export.sh" exec "$PY" "$ROOT/src/lora_export.py" "$@"

@@ -8,4 +8,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, the venv, PYTHONPATH, PY
 cd "$ROOT"
-exec "$PY" -m lora_nlg.pipeline.scaling_study "$@"
+LORA_NLG_PROG="scripts/scaling_study.sh" exec "$PY" -m lora_nlg.pipeline.scaling_study "$@"

@@ -17,8 +17,18 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install "${TORCH_SPEC:-torch==2.13.0}"
   fi
 fi
-python -m pip install -q -r requirements-test.txt
-python -m pip install -q --no-deps -e .
+# Install only when the requirement files changed since the last install (a stamp in the venv keyed
+# on their hash), so that running one test file is fast.
+STAMP="$VIRTUAL_ENV/.lora-nlg-installed"
+WANT="$(python -c 'import hashlib, sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' \
+  requirements.txt requirements-test.txt pyproject.toml)"
+if [[ "$(cat "$STAMP" 2>/dev/null)" == "$WANT" ]] && python -c "import lora_nlg, pytest, ruff" 2>/dev/null; then
+  echo "test.sh: requirements unchanged since the last install: not reinstalling" >&2
+else
+  python -m pip install -q -r requirements-test.txt
+  python -m pip install -q --no-deps -e .
+  echo "$WANT" > "$STAMP"
+fi
 # Lint and format (pyproject.toml [tool.ruff]) before the tests: CI enforces both.
 python -m ruff check --quiet . && python -m ruff format --check --quiet . || {
   echo "test.sh: ruff found problems above; 'python -m ruff check --fix . && python -m ruff format .' fixes most" >&2

@@ -34,6 +34,9 @@ class Dataset:
     """Paper protocol: lowercase and split off non-word characters (upstream's --tokenize --lower)."""
     paper_results: Dict[str, Dict[str, Dict[str, float]]]
     """The LoRA paper's test figures: model card -> subset -> metric, on results.md's scale."""
+    percent: Tuple[str, ...] = ()
+    """Metrics that eval.sh reports on 0..1 and the paper (and results.md) x 100; BLEU is then 0..100
+    for every dataset."""
 
 
 # The 10 WebNLG 2017 categories of the training set; the test set's other 5 are "unseen".
@@ -68,6 +71,7 @@ DATASETS = {
             "gpt2.md": {"all": {"BLEU": 70.4, "NIST": 8.85, "METEOR": 46.8, "ROUGE_L": 71.8, "CIDEr": 2.53}},
             "gpt2.lg": {"all": {"BLEU": 70.4, "NIST": 8.89, "METEOR": 46.8, "ROUGE_L": 72.0, "CIDEr": 2.47}},
         },
+        percent=("BLEU", "METEOR", "ROUGE_L"),
     ),
     "webnlg": Dataset(
         name="webnlg",

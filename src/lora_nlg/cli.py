@@ -5,6 +5,8 @@ each field is the flag's help. ``--config FILE.yaml`` fills fields first, flags 
 command line override it. An unknown key in the file or an unknown flag is an error. The resolved
 configuration is what gets saved next to outputs and inside checkpoints.
 
+A flag of an optional field takes ``none`` (or ``null``, or an empty string) for None, which clears
+a value the ``--config`` file set (``--init_checkpoint none``: no backbone file, a random one).
 A field made with ``positional(...)`` is a positional argument instead; ``aliased(...)`` gives a
 field more option strings (older spellings such as ``--data-dir``), each meaning the field itself
 or, given as ``(alias, value)``, setting it to a fixed value (``("-p", "python")``).
@@ -28,6 +30,8 @@ from lora_nlg.errors import FormatError
 
 T = TypeVar("T")
 DEBUG_ENV = "LORA_NLG_DEBUG"
+PROG_ENV = "LORA_NLG_PROG"  # a script that wraps a program names itself in its messages and --help
+NONE_WORDS = ("none", "null", "")
 
 
 class _Omitted:
@@ -40,9 +44,10 @@ class _Omitted:
 _OMITTED = _Omitted()
 
 
-def positional(nargs: Optional[str] = None, **field_kwargs) -> Any:
-    """A dataclass field read from a positional argument (``nargs`` as argparse's)."""
-    return dataclasses.field(**field_kwargs, metadata={"positional": True, "nargs": nargs})
+def positional(nargs: Optional[str] = None, aliases=(), **field_kwargs) -> Any:
+    """A dataclass field read from a positional argument (``nargs`` as argparse's); ``aliases``:
+    option strings that give it too."""
+    return dataclasses.field(**field_kwargs, metadata={"positional": True, "nargs": nargs, "aliases": aliases})
 
 
 def require(cfg, *names: str) -> None:
@@ -97,7 +102,22 @@ def _str2bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+def _is_optional(tp) -> bool:
+    return typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+
+
+def _or_none(convert):
+    """A flag value converter that also takes none, null or '' for None (clearing a --config value)."""
+
+    def parse(text):
+        return None if text.strip().lower() in NONE_WORDS else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp, help_: str):
+    optional = _is_optional(tp)
     tp = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
     kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_)
@@ -115,12 +135,21 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp, help_:
             kw.update(nargs="*", type=item)
     else:
         kw.update(type=tp)
+    if optional and tp is not bool and kw.get("nargs") != "*":
+        kw["type"] = _or_none(kw["type"])
+        if "choices" in kw:
+            kw["choices"] = (*kw["choices"], None)
     if f.metadata.get("positional"):
         if f.metadata["nargs"] is not None:
             kw["nargs"] = f.metadata["nargs"]
-        if kw.get("nargs") in ("?", "*"):
+        if kw.get("nargs") in ("?", "*") and "choices" in kw:
             kw["default"] = _OMITTED  # argparse checks a SUPPRESS default of a positional against its choices
         parser.add_argument(f.name, metavar=f.name.upper(), **kw)
+        options = [a for a in f.metadata.get("aliases", ()) if isinstance(a, str)]
+        if options:  # the same values as an option too (an older spelling)
+            parser.add_argument(
+                *options, dest=f.name, **{**kw, "default": argparse.SUPPRESS, "help": f"the same as {f.name.upper()}"}
+            )
         return
     names = [f"--{f.name}"] + [a for a in f.metadata.get("aliases", ()) if isinstance(a, str)]
     parser.add_argument(*names, dest=f.name, **kw)
@@ -139,7 +168,9 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp, help_:
 
 def build_parser(cls, prog: Optional[str] = None, description: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description=description or (cls.__doc__ or "").strip(), allow_abbrev=False
+        prog=os.environ.get(PROG_ENV) or prog,
+        description=description or (cls.__doc__ or "").strip(),
+        allow_abbrev=False,
     )  # a typo must not pick a flag silently
     parser.add_argument("--config", default=None, help="YAML file with any of the fields below; flags override it")
     parser.add_argument("--debug", action="store_true", help=f"show a traceback for errors too (or {DEBUG_ENV}=1)")
@@ -157,6 +188,8 @@ def build_parser(cls, prog: Optional[str] = None, description: Optional[str] = N
 
 
 def _coerce(value, tp, where: str):
+    if _is_optional(tp) and isinstance(value, str) and value.strip().lower() in NONE_WORDS:
+        return None
     tp = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
     if value is None:
@@ -259,6 +292,7 @@ def run_program(
     ``prog: error: ...`` (not with ``quiet``) and exit status ``code``; ``--debug`` or ``LORA_NLG_DEBUG=1``
     re-raises instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    prog = os.environ.get(PROG_ENV) or prog
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return body([a for a in argv if a != "--debug"])

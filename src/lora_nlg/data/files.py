@@ -187,6 +187,18 @@ def read_predictions(path, vocab: Optional[str] = None) -> List[Tuple[int, str]]
     return out
 
 
+def degenerate(texts: Sequence[str]) -> Optional[str]:
+    """A warning when predictions say nothing: all empty, or all one string (None otherwise)."""
+    texts = list(texts)
+    if not texts:
+        return None
+    if not any(t.strip() for t in texts):
+        return f"all {len(texts)} predictions are empty: the model emits the stop token first"
+    if len(texts) > 1 and len(set(texts)) == 1:
+        return f"all {len(texts)} predictions are the same string: {texts[0][:60]!r}"
+    return None
+
+
 def write_predictions(path, rows: Iterable[Tuple[int, List[int], str]]) -> None:
     """(id, token ids, text) per line, in the order given."""
     write_jsonl(path, ({"id": i, "token_ids": ids, "text": text} for i, ids, text in rows), ensure_ascii=False)

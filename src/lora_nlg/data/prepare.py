@@ -21,13 +21,13 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Literal, Optional
 
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import DATASETS, EOS_ID, SEEN_CATEGORIES
-from lora_nlg.cli import parse_config, run_program
+from lora_nlg.cli import parse_config, positional, run_program
 from lora_nlg.data import files
 from lora_nlg.data import raw as D
 from lora_nlg.data.sources import SourceError, default_data_dir, default_mirror, fetch, load_sources
@@ -184,8 +184,8 @@ def prepare_dataset(name, data_dir, sources, mirror, download, tokenizer_dir, vo
 class PrepareConfig:
     """Prepare E2E, WebNLG 2017 and DART from their raw files (see docs/CONVENTIONS.md)."""
 
-    datasets: List[str] = field(default_factory=lambda: ["all"])
-    """Datasets to prepare: any of e2e, webnlg, dart, or all."""
+    datasets: List[str] = positional("*", aliases=("--datasets",), default_factory=lambda: ["all"])
+    """Datasets to prepare: any of e2e, webnlg, dart, or all (default: all)."""
     mirror: Optional[str] = None
     """Folder holding the raw files (default: $NLG_DATA_MIRROR, else ../shared/data when it exists)."""
     data_dir: Optional[str] = None

@@ -41,13 +41,13 @@ from lora_nlg.atomic import check_writable
 from lora_nlg.beam import BeamSettings, beam_search
 from lora_nlg.catalog import EOS_ID
 from lora_nlg.cli import parse_config, run_program, save_config
-from lora_nlg.data.files import read_encoded, read_unique, upstream_cut, write_predictions
+from lora_nlg.data.files import degenerate, read_encoded, read_unique, upstream_cut, write_predictions
 from lora_nlg.data.tokenizer import GPT2Tokenizer
 from lora_nlg.distributed import barrier, cleanup, gather_objects, init_distributed
 from lora_nlg.errors import FormatError
 from lora_nlg.jsonl import json_records
 from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora
-from lora_nlg.model import DTYPES, GPT2Config, GPT2LMModel
+from lora_nlg.model import DTYPES, GPT2_SIZES, GPT2Config, GPT2LMModel
 from lora_nlg.weights.adapter import (
     apply_lora_weights,
     check_lora_shapes,
@@ -75,9 +75,9 @@ class BeamConfig:
     """Most generated tokens per input, the stop token included (the paper's runs use 64)."""
     min_length: int = 0
     """Stop tokens are banned until this many tokens are generated."""
-    model_card: Optional[str] = None
-    """gpt2.sm | gpt2.md | gpt2.lg: checked against the adapter and the backbone (default: the
-    adapter's card; gpt2.sm, upstream's default, for --random_backbone)."""
+    model_card: Optional[Literal[tuple(GPT2_SIZES)]] = None
+    """The GPT-2 size, checked against the adapter and the backbone (default: the adapter's card;
+    gpt2.sm, upstream's default, for --random_backbone)."""
     init_checkpoint: Optional[str] = None
     """Our adapter (folder or .safetensors), upstream's LoRA .pt, or a full model."""
     lora_dim: Optional[int] = None
@@ -363,6 +363,9 @@ def _write(cfg: BeamConfig, path: str, tokenizer, unique, prompts, shares, stop_
         rows.extend((out_id, decoded[i], text) for out_id in prompts[prompt])
     rows.sort(key=lambda row: row[0])
     write_predictions(path, rows)
+    warning = degenerate([text for _, _, text in rows])
+    if warning:
+        _say(f"WARNING: {path}: {warning}")
     save_config(cfg, os.path.splitext(path)[0] + ".config.yaml")
     return path
 

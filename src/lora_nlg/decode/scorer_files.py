@@ -46,7 +46,7 @@ from lora_nlg.atomic import atomic_write_all
 from lora_nlg.catalog import DATASETS
 from lora_nlg.cli import parse_config, run_program
 from lora_nlg.data.files import read_formatted, read_predictions, unique_records, upstream_cut, upstream_tokenize
-from lora_nlg.errors import FormatError
+from lora_nlg.errors import FormatError, InputError
 from lora_nlg.jsonl import json_records, text_lines
 
 PROTOCOLS = ("paper", "official")
@@ -253,6 +253,8 @@ def run(cfg: DecodeConfig) -> dict:
             raise ValueError(f"--{name} is required")
     if cfg.filter != "all" and cfg.ref_type != "webnlg":
         raise ValueError("--filter seen/unseen applies to WebNLG only")
+    if cfg.vocab and not os.path.isdir(cfg.vocab):
+        raise InputError(f"--vocab {cfg.vocab}: no such folder (it holds encoder.json and vocab.bpe)")
     sources, kind = read_sources(cfg.input_file, cfg.ref_unique_file)
     predictions = dict(read_predictions(cfg.sample_file, cfg.vocab))
     if not predictions:

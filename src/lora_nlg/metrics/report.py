@@ -6,6 +6,7 @@ import json
 import platform
 
 from lora_nlg.atomic import atomic_write
+from lora_nlg.catalog import DATASETS
 
 from . import java
 
@@ -38,6 +39,13 @@ def tool_versions(paraphrase):
     }
 
 
+def scale_of(dataset, metric):
+    """The scale eval.sh reports ``metric`` on for ``dataset`` ('0-1', '0-100'), or '' for none."""
+    if metric == "BLEU":
+        return "0-1" if "BLEU" in DATASETS[dataset].percent else "0-100"
+    return "0-1" if metric in ("METEOR", "ROUGE_L", "TER") else ""
+
+
 def format_table(report):
     """Rows = subsets, columns = metrics; a header names dataset, protocol and references."""
     lines = [
@@ -45,8 +53,9 @@ def format_table(report):
         f"  {report['protocol_description']}",
     ]
     metrics = report["metrics"]
-    width = max(9, *(len(m) for m in metrics))
-    lines.append("subset    inputs  segments  refs    " + "".join(m.rjust(width + 2) for m in metrics))
+    names = [f"{m}({scale_of(report['dataset'], m)})" if scale_of(report["dataset"], m) else m for m in metrics]
+    width = max(9, *(len(n) for n in names))
+    lines.append("subset    inputs  segments  refs    " + "".join(n.rjust(width + 2) for n in names))
     for name, scores in report["scores"].items():
         st = report["counts"][name]
         cells = []

@@ -19,19 +19,27 @@ from typing import Dict, List, Literal, Optional, Tuple
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import DATASETS
 from lora_nlg.cli import parse_config, positional, require, run_program
+from lora_nlg.data.files import degenerate
 from lora_nlg.metrics import protocol
 from lora_nlg.metrics.bleu import bleu
 from lora_nlg.metrics.references import pair, read_predictions, read_references
 
 
-def dev_bleu(dataset: str, predictions: str, refs, references: str) -> float:
+def dev_bleu(dataset: str, predictions: str, refs, references: str) -> Tuple[float, Optional[str]]:
     """Corpus BLEU of ``predictions`` (every input once, all its references; subset ``all``) against
-    ``refs``, read from the file ``references``."""
+    ``refs``, read from the file ``references``, on the scorer's scale; and a warning when the
+    predictions say nothing (all empty, or all the same)."""
     found, keyed_by = read_predictions(predictions)
     pairs = pair(found, keyed_by, refs, predictions, references)
     prepared = protocol.prepare(pairs, dataset, "official")
     rows = prepared.subsets["all"]
-    return bleu([prepared.hyps[i] for i in rows], [prepared.refs[i] for i in rows], DATASETS[dataset].dev_bleu)
+    score = bleu([prepared.hyps[i] for i in rows], [prepared.refs[i] for i in rows], DATASETS[dataset].dev_bleu)
+    return score, degenerate([text for _, text in found])
+
+
+def bleu_0_100(dataset: str, score: float) -> float:
+    """A dev BLEU on 0..100, the scale the papers print (E2E's scorer gives 0..1)."""
+    return score * (100.0 if "BLEU" in DATASETS[dataset].percent else 1.0)
 
 
 def select(dataset: str, references: str, candidates: List[Tuple[str, str]]) -> Dict:
@@ -39,15 +47,18 @@ def select(dataset: str, references: str, candidates: List[Tuple[str, str]]) -> 
     if not candidates:
         raise ValueError("no candidates to choose from")
     refs = read_references(references)
-    scores = {name: dev_bleu(dataset, path, refs, references) for name, path in candidates}
+    results = {name: dev_bleu(dataset, path, refs, references) for name, path in candidates}
+    scores = {name: score for name, (score, _) in results.items()}
     best = max(scores, key=scores.get)  # the first of equal scores
+    scale = "0-1" if "BLEU" in DATASETS[dataset].percent else "0-100"
     return {
         "dataset": dataset,
-        "metric": f"BLEU ({DATASETS[dataset].dev_bleu}, official protocol, dev set)",
+        "metric": f"BLEU ({DATASETS[dataset].dev_bleu}, official protocol, dev set, {scale})",
         "references": references,
         "predictions": dict(candidates),
         "scores": scores,
         "chosen": best,
+        "warnings": {name: warning for name, (_, warning) in results.items() if warning},
     }
 
 
@@ -82,10 +93,12 @@ def _main(argv) -> int:
     with atomic_write(cfg.out) as f:
         json.dump(report, f, indent=2)
         f.write("\n")
-    scale = 100.0 if cfg.dataset == "e2e" else 1.0  # print E2E's 0..1 BLEU on the papers' 0..100 scale
     for name, value in report["scores"].items():
         mark = "  <- chosen" if name == report["chosen"] else ""
-        print(f"dev BLEU {name:<12} {value * scale:6.2f}{mark}")
+        print(f"dev BLEU (0-100) {name:<12} {bleu_0_100(cfg.dataset, value):6.2f}{mark}")
+    for name, warning in report["warnings"].items():
+        chosen = " (the chosen one: its BLEU means nothing)" if name == report["chosen"] else ""
+        print(f"WARNING: {name}{chosen}: {warning}", file=sys.stderr)
     return 0
 
 

@@ -22,10 +22,11 @@ from typing import Dict, List, Literal, Optional
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import DATASETS
 from lora_nlg.cli import parse_config, positional, require, run_program
+from lora_nlg.data.files import degenerate, read_predictions
 from lora_nlg.errors import FormatError
 from lora_nlg.jsonl import read_json
+from lora_nlg.metrics.report import scale_of
 
-PERCENT = {"e2e": {"BLEU", "METEOR", "ROUGE_L"}}  # printed x 100 in results.md
 DIGITS = {"BLEU": 2, "NIST": 2, "METEOR": 3, "ROUGE_L": 2, "CIDEr": 3, "TER": 3}  # on the printed scale
 PAPER_PROTOCOL = "paper"  # the paper's figures came from microsoft's pipeline
 
@@ -63,10 +64,20 @@ def _read_seed(folder: str) -> Dict:
         }
     if not reports:
         raise FileNotFoundError(f"{folder}/test: no eval.<protocol>.json (the evaluation step writes them)")
+    warnings = [
+        f"{name}{' (chosen)' if name == selection['chosen'] else ''}: {text}"
+        for name, text in selection.get("warnings", {}).items()
+    ]
+    test_predictions = os.path.join(folder, "test", "predictions.jsonl")
+    if os.path.isfile(test_predictions):
+        text = degenerate([t for _, t in read_predictions(test_predictions)])
+        if text:
+            warnings.append(f"test predictions: {text}")
     return {
         "seed": _seed_of(folder),
         "folder": folder,
         "chosen": selection["chosen"],
+        "warnings": warnings,
         "dev_bleu": selection["scores"][selection["chosen"]],
         "dev_scores": selection["scores"],
         "test": reports,
@@ -109,9 +120,17 @@ def _cell(summary: Dict, scale: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {summary['std'] * scale:.{digits}f}"
 
 
+def _header(metric: str, percent, dataset: str) -> str:
+    """A column title that names the scale."""
+    if metric in percent:
+        return f"{metric} (x100)"
+    scale = scale_of(dataset, metric)
+    return f"{metric} ({scale})" if scale else metric
+
+
 def markdown(result: Dict) -> str:
     ds, card = result["dataset"], result["model_card"]
-    percent = PERCENT.get(ds, set())
+    percent = set(DATASETS[ds].percent)
     seeds = ", ".join(r["seed"] for r in result["runs"])
     lines = [f"# {ds}, {card}: test results over {len(result['runs'])} seed(s) ({seeds})", ""]
     lines.append(
@@ -123,7 +142,7 @@ def markdown(result: Dict) -> str:
         metrics = list(next(iter(subsets.values())))
         lines.append(f"## protocol `{proto}`")
         lines.append("")
-        lines.append("| subset | " + " | ".join(metrics) + " |")
+        lines.append("| subset | " + " | ".join(_header(m, percent, ds) for m in metrics) + " |")
         lines.append("|---" * (len(metrics) + 1) + "|")
         for subset, summaries in subsets.items():
             cells = [
@@ -142,7 +161,8 @@ def markdown(result: Dict) -> str:
         lines.append("")
     lines.append("## per seed")
     lines.append("")
-    lines.append("| seed | chosen checkpoint | dev BLEU | test BLEU (" + ", ".join(result["summary"]) + ") |")
+    bleu = _header("BLEU", percent, ds)
+    lines.append(f"| seed | chosen checkpoint | dev {bleu} | test {bleu}: " + ", ".join(result["summary"]) + " |")
     lines.append("|---|---|---|---|")
     for run in result["runs"]:
         scale = 100.0 if "BLEU" in percent else 1.0
@@ -156,6 +176,10 @@ def markdown(result: Dict) -> str:
     for metric, why in not_computed.items():
         lines.append("")
         lines.append(f"{metric} not computed: {why}")
+    for run in result["runs"]:
+        for warning in run["warnings"]:
+            lines.append("")
+            lines.append(f"**WARNING** seed {run['seed']}: {warning}")
     return "\n".join(lines) + "\n"
 
 

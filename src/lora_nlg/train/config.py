@@ -11,6 +11,7 @@ import math
 import os
 from typing import List, Literal, Optional
 
+from lora_nlg.catalog import HUB_NAMES, hub_folder
 from lora_nlg.errors import InputError
 from lora_nlg.lora import SCALING_RULES, TARGETS
 from lora_nlg.model import GPT2_SIZES
@@ -117,8 +118,8 @@ class TrainConfig:
 
     # ---- precision and speed
     precision: Optional[Literal["fp32", "bf16", "fp16"]] = None
-    """Autocast precision: fp32 (default), bf16 (CUDA or CPU) or fp16 (CUDA only, with a GradScaler).
-    Weights and optimizer state stay fp32; on CUDA, fp32 matrix products use TF32."""
+    """Autocast precision: fp32, bf16 (CUDA or CPU) or fp16 (CUDA only, with a GradScaler). Weights and
+    optimizer state stay fp32; on CUDA, fp32 matrix products use TF32. (default: fp32, or fp16 with --fp16)"""
     fp16: bool = False
     """Upstream's flag: the same as --precision fp16 (native autocast, no apex)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -234,6 +235,15 @@ def check(cfg: TrainConfig) -> TrainConfig:
             problems.append(str(e))
         if cfg.lr <= 0:
             problems.append("--scheduler cycle needs --lr > 0 (the learning rates are --i_lrs; --lr is their unit)")
+    if cfg.init_checkpoint:
+        name = os.path.basename(os.path.normpath(cfg.init_checkpoint))
+        owner = next((card for card in HUB_NAMES if hub_folder(card) == name), None)
+        if owner is not None and owner != cfg.model_card:
+            problems.append(
+                f"--model_card {cfg.model_card} contradicts --init_checkpoint {cfg.init_checkpoint} (the pretrained "
+                f"{owner}, perhaps from --config): pass --model_card {owner}, or --init_checkpoint none for a random "
+                f"{cfg.model_card} backbone"
+            )
     if cfg.resume and cfg.overwrite:
         problems.append("--resume continues the work dir's run, --overwrite starts a new one: choose one")
     if problems:

@@ -1,6 +1,6 @@
 """What a training run shows and records, on rank 0 only (other ranks get a silent ``RunLog``).
 
-- a tqdm bar: step, loss, learning rate, tokens/s, ETA;
+- a tqdm bar on a terminal (not in a file): step, loss, learning rate, tokens/s, ETA;
 - a line every ``--log_interval`` steps and at each validation, on stdout;
 - ``<work_dir>/log.jsonl``: one JSON object per logged training interval (``"kind": "train"``:
   step, epoch, loss, ppl, lr, grad_norm, tokens_per_s, ms_per_step), validation
@@ -60,14 +60,15 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(os.path.join(work_dir, TENSORBOARD_DIR), purge_step=start_step + 1)
-        tty = sys.stderr.isatty()
+        # The bar on a terminal only: a file (a redirect, run.sh's logs) gets whole lines, no \r.
         self.bar = tqdm(
             total=total_steps,
             initial=start_step,
             unit="step",
             dynamic_ncols=True,
-            mininterval=0.5 if tty else 30.0,
+            mininterval=0.5,
             file=sys.stderr,
+            disable=not sys.stderr.isatty(),
         )
 
     def _record(self, record: dict) -> None:

@@ -454,8 +454,13 @@ class Trainer:
         self._save(f"step-{self.step}", resumable=True, skip_if_saved=True)
         self.log.event(
             self.step,
-            f"end of training at step {self.step}; best validation loss "
-            f"{self.best_val_loss}; last checkpoint {self.last_checkpoint}",
+            f"end of training at step {self.step}; "
+            + (
+                f"best validation loss {self.best_val_loss:.4f}"
+                if self.best_val_loss is not None
+                else "no validation ran"
+            )
+            + f"; last checkpoint {self.last_checkpoint}",
         )
         return self._result()
 

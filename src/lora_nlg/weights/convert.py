@@ -18,16 +18,20 @@ any file that does not convert.
 """
 
 import argparse
+import os
 import sys
 
-from lora_nlg.cli import run_program
+from lora_nlg.cli import PROG_ENV, run_program
 from lora_nlg.lora import SCALING_RULES
 from lora_nlg.model import GPT2_SIZES
+from lora_nlg.weights.adapter import read_adapter
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="lora_export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=os.environ.get(PROG_ENV) or "lora_export.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     direction = p.add_subparsers(dest="direction", required=True)
 
@@ -95,9 +99,18 @@ def run(args) -> str:
         from lora_nlg.weights.peft import export_peft
 
         config = export_peft(args.ckpt, args.out, args.base_model, args.integer_alpha)
+        ours = read_adapter(args.ckpt)[2]
+        n = sum(t in ("q", "k", "v") for t in ours.targets)
+        why = ""
+        if n > 1:  # PEFT cannot put LoRA on slices of c_attn
+            why = (
+                f" (ours: r={ours.r}, alpha={ours.alpha:g} on {', '.join(t for t in ours.targets if t in 'qkv')}: PEFT puts "
+                f"LoRA on the whole fused c_attn, so those {n} slices become one adapter of rank {n} x {ours.r} with "
+                f"zero rows where LoRA is off, and lora_alpha keeps the scale {ours.scaling:g}: the same model)"
+            )
         return (
             f"{args.out}: PEFT adapter, r={config['r']}, lora_alpha={config['lora_alpha']}, "
-            f"use_rslora={config['use_rslora']}, target_modules={config['target_modules']}"
+            f"use_rslora={config['use_rslora']}, target_modules={config['target_modules']}{why}"
         )
     if args.direction == "export":
         from lora_nlg.weights.merged import export_merged

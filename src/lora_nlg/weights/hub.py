@@ -25,6 +25,7 @@ from typing import List, Literal, Optional
 from lora_nlg.catalog import HUB_NAMES, hub_folder
 from lora_nlg.cli import parse_config, positional, run_program
 from lora_nlg.errors import InputError
+from lora_nlg.weights.layout import new_temp_dir, swap_in
 
 HUB = "https://huggingface.co"
 FILES = ("config.json", "model.safetensors")
@@ -67,40 +68,48 @@ def _download(url: str, dest: str) -> None:
 
 
 def fetch(card: str, out_dir: str, mirror: str = None, sha256: str = None, revision: str = "main") -> str:
-    """Make ``<out_dir>/<hub name>/`` complete and verified; return the folder."""
+    """Make ``<out_dir>/<hub name>/`` complete and verified; return the folder. The folder is built
+    under a temporary name and renamed only when every file is there and the hash matches: a failed
+    download leaves nothing behind."""
     repo = HUB_NAMES[card]
     folder = os.path.join(out_dir, hub_folder(card))
-    os.makedirs(folder, exist_ok=True)
-    weights = os.path.join(folder, "model.safetensors")
-    source = os.path.join(mirror, hub_folder(card)) if mirror else None
-    if source and os.path.isdir(source):
-        for name in FILES:
-            if not os.path.exists(os.path.join(source, name)):
-                raise FileNotFoundError(f"mirror {source} lacks {name} (set by --mirror or NLG_MODEL_MIRROR)")
-        for name in FILES:
-            if not os.path.exists(os.path.join(folder, name)):
-                shutil.copyfile(os.path.join(source, name), os.path.join(folder, name) + ".part")
-                os.replace(os.path.join(folder, name) + ".part", os.path.join(folder, name))
-    else:
-        try:
-            expected = sha256 or hub_sha256(repo, "model.safetensors", revision)
+    if all(os.path.isfile(os.path.join(folder, name)) for name in FILES) and not sha256:
+        print(f"{folder}: already there (checked when it was fetched; --sha256 checks it again)", file=sys.stderr)
+        return folder
+    tmp = new_temp_dir(os.path.abspath(folder))
+    try:
+        weights = os.path.join(tmp, "model.safetensors")
+        source = os.path.join(mirror, hub_folder(card)) if mirror else None
+        if source and os.path.isdir(source):
             for name in FILES:
-                if not os.path.exists(os.path.join(folder, name)):
+                if not os.path.exists(os.path.join(source, name)):
+                    raise FetchError(f"mirror {source} lacks {name} (set by --mirror or NLG_MODEL_MIRROR)")
+            for name in FILES:
+                shutil.copyfile(os.path.join(source, name), os.path.join(tmp, name))
+        else:
+            try:
+                expected = sha256 or hub_sha256(repo, "model.safetensors", revision)
+                for name in FILES:
                     url = f"{HUB}/{repo}/resolve/{revision}/{name}"
                     print(f"downloading {url}", file=sys.stderr)
-                    _download(url, os.path.join(folder, name))
-        except (urllib.error.URLError, OSError) as e:
-            raise FetchError(
-                f"cannot download {repo} from {HUB} ({e}); put {hub_folder(card)}/config.json and "
-                f"model.safetensors in a folder and pass it with --mirror or NLG_MODEL_MIRROR"
-            ) from e
-        sha256 = expected
-    if sha256:
-        got = sha256_of(weights)
-        if got != sha256:
-            os.unlink(weights)
-            raise FetchError(f"{weights}: sha256 {got} does not match the expected {sha256}; removed it")
-        print(f"{weights}: sha256 ok ({got})", file=sys.stderr)
+                    _download(url, os.path.join(tmp, name))
+            except (urllib.error.URLError, OSError) as e:
+                raise FetchError(
+                    f"cannot download {repo} from {HUB} ({e}); put {hub_folder(card)}/config.json and "
+                    f"model.safetensors in a folder and pass it with --mirror or NLG_MODEL_MIRROR"
+                ) from e
+            sha256 = expected
+        if sha256:
+            got = sha256_of(weights)
+            if got != sha256:
+                raise FetchError(
+                    f"{repo} model.safetensors: sha256 {got} does not match the expected {sha256}; removed it"
+                )
+            print(f"{folder}/model.safetensors: sha256 ok ({got})", file=sys.stderr)
+        swap_in(tmp, os.path.abspath(folder))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 

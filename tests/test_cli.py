@@ -35,6 +35,30 @@ def test_defaults_then_file_then_flags(tmp_path):
     assert cfg == Toy(lr=2e-4, lora_dim=16, fp16=True, targets=["q", "k", "v"])
 
 
+def test_a_config_starts_from_its_base_and_wins_over_it(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "base.yaml").write_text("lr: 2.0e-4\nlora_dim: 8\ntargets: [q, k]\n")
+    (tmp_path / "recipes" / "m.yaml").write_text("base: ../base.yaml\nlora_dim: 16\n")  # relative to its folder
+    cfg = parse_config(Toy, ["--config", str(tmp_path / "recipes" / "m.yaml"), "--fp16"])
+    assert cfg == Toy(lr=2e-4, lora_dim=16, fp16=True, targets=["q", "k"])
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"a.yaml": "base: a.yaml\n"}, r"a\.yaml: key 'base': .*a\.yaml starts from this file again"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, r"b\.yaml: key 'base': .*a\.yaml starts from"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "learning_rate: 1\n"}, r"b\.yaml: unknown key.*learning_rate"),
+        ({"a.yaml": "base: 3\n"}, r"a\.yaml: key 'base' must name a config file"),
+    ],
+)
+def test_a_bad_base_names_the_file(files, message, tmp_path):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        parse_config(Toy, ["--config", str(tmp_path / "a.yaml")])
+
+
 def test_saved_config_loads_back_to_the_same_values(tmp_path):
     cfg = Toy(lr=3e-4, fp16=True, rule="alpha/sqrt(r)", init_checkpoint="x.bin")
     save_config(cfg, tmp_path / "saved.yaml")

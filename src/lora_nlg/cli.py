@@ -22,7 +22,7 @@ import re
 import sys
 import textwrap
 import typing
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
@@ -172,7 +172,11 @@ def build_parser(cls, prog: Optional[str] = None, description: Optional[str] = N
         description=description or (cls.__doc__ or "").strip(),
         allow_abbrev=False,
     )  # a typo must not pick a flag silently
-    parser.add_argument("--config", default=None, help="YAML file with any of the fields below; flags override it")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML file with any of the fields below (base: FILE starts from another); flags override it",
+    )
     parser.add_argument("--debug", action="store_true", help=f"show a traceback for errors too (or {DEBUG_ENV}=1)")
     hints = typing.get_type_hints(cls, include_extras=False)
     docs = field_docs(cls)
@@ -226,7 +230,11 @@ def _coerce(value, tp, where: str):
     raise ValueError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
-def load_config_file(cls, path: str) -> Dict[str, Any]:
+BASE_KEY = "base"  # a config file may start from another: `base: e2e.yaml` (relative to its own folder)
+
+
+def load_config_file(cls, path: str, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """A config file's values; its ``base`` file's first (its own keys win over them)."""
     with open(path, encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f) or {}
@@ -238,12 +246,22 @@ def load_config_file(cls, path: str) -> Dict[str, Any]:
             raise FormatError(f"{path}: not UTF-8 text (byte {e.start + 1})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of field: value at the top level")
+    values: Dict[str, Any] = {}
+    base = data.pop(BASE_KEY, None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ValueError(f"{path}: key {BASE_KEY!r} must name a config file, got {base!r}")
+        base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+        if os.path.abspath(base_path) in _seen + (os.path.abspath(path),):
+            raise ValueError(f"{path}: key {BASE_KEY!r}: {base_path} starts from this file again")
+        values = load_config_file(cls, base_path, _seen + (os.path.abspath(path),))
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
     hints = typing.get_type_hints(cls)
-    return {k: _coerce(v, hints[k], f"{path}: key {k!r}") for k, v in data.items()}
+    values.update({k: _coerce(v, hints[k], f"{path}: key {k!r}") for k, v in data.items()})
+    return values
 
 
 def parse_config(

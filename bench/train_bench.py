@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from lora_nlg.data.batching import BucketBatchSampler, FTDataset, collate  # noqa: E402
 from lora_nlg.data.files import read_encoded  # noqa: E402
-from lora_nlg.lora import LoRAConfig, apply_lora, mark_only_lora_as_trainable  # noqa: E402
+from lora_nlg.methods import LoRAConfig, apply_adapter, mark_only_adapter_as_trainable  # noqa: E402
 from lora_nlg.model import GPT2Config, GPT2LMModel  # noqa: E402
 from lora_nlg.train.loop import token_loss_sum  # noqa: E402
 from lora_nlg.train.optim import build_optimizer  # noqa: E402
@@ -101,8 +101,8 @@ class Method:
             self.model = self._peft_model()
         else:
             self.model = GPT2LMModel(GPT2Config.from_card("gpt2.sm"))
-            apply_lora(self.model, LoRAConfig(r=4, alpha=32, dropout=0.1, targets=("q", "v")))
-            mark_only_lora_as_trainable(self.model)
+            apply_adapter(self.model, LoRAConfig(r=4, alpha=32, dropout=0.1, targets=("q", "v")))
+            mark_only_adapter_as_trainable(self.model)
         self.model.to(device).train()
         if name == "ours+compile":  # what gpt2_ft.py --compile does
             self.model.transformer.compile(dynamic=True)

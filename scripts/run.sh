@@ -22,6 +22,10 @@
 #                      train_batch_size is the global batch: each process gets train_batch_size / N
 #   --seeds K          seeds: the config's random_seed (110), +1, ... (default 1); --seed_list "110 7 42"
 #   (Paths are relative to the folder run.sh is called from.)
+#   --method M         the adapter method: a recipe configs/DATASET.M.yaml (e2e: dora, vera, fourierft,
+#                      loraplus, adalora), else gpt2_ft.py's --method M on the dataset's LoRA recipe
+#                      (lora, dora, vera, fourierft; peft with --peft_config F); tiny: configs/tiny.yaml
+#                      with --method M. The run folder gets _M; selection, decoding and scoring stay the same
 #   --config F         training config (default configs/DATASET.yaml; tiny: configs/tiny.yaml)
 #   --beam_config F    decoding config (default configs/DATASET.beam.yaml)
 #   --out DIR          run folder (default runs/DATASET_CARD)
@@ -51,6 +55,7 @@ NPROC=1
 SEEDS=1
 SEED_LIST=""
 CONFIG=""
+METHOD=""
 BEAM_CONFIG=""
 OUT=""
 INIT=""
@@ -71,7 +76,7 @@ path() { [[ "$1" == /* ]] && echo "$1" || echo "$CALLER/$1"; }  # paths given ar
 ARGS=()
 for a in "$@"; do  # --option=value is --option value
   case "$a" in
-    --model_card=*|--nproc=*|--seeds=*|--seed_list=*|--config=*|--beam_config=*|--out=*|--init_checkpoint=*|\
+    --model_card=*|--nproc=*|--seeds=*|--seed_list=*|--method=*|--config=*|--beam_config=*|--out=*|--init_checkpoint=*|\
     --data_dir=*|--data_mirror=*|--model_mirror=*|--protocols=*|--limit_*=*) ARGS+=("${a%%=*}" "${a#*=}") ;;
     *) ARGS+=("$a") ;;
   esac
@@ -85,6 +90,7 @@ while (($#)); do
     --nproc) need "$@"; NPROC="$2"; shift ;;
     --seeds) need "$@"; SEEDS="$2"; shift ;;
     --seed_list) need "$@"; SEED_LIST="$2"; shift ;;
+    --method) need "$@"; METHOD="$2"; shift ;;
     --config) need "$@"; CONFIG="$(path "$2")"; shift ;;
     --beam_config) need "$@"; BEAM_CONFIG="$(path "$2")"; shift ;;
     --out) need "$@"; OUT="$(path "$2")"; shift ;;
@@ -122,9 +128,18 @@ CARD="${CARD:-gpt2.md}"
 # The dataset's folder and the card's Hub folder, from the catalogue (lora_nlg/catalog.py).
 CATALOG="$("$PY" -m lora_nlg.catalog "$DATASET" "$CARD" 2>&1)" || die "--model_card $CARD: ${CATALOG#catalog: error: }"
 eval "$CATALOG"  # FOLDER, HUB_DIR
+if [[ -n "$METHOD" ]]; then  # a recipe of the method for this dataset, else gpt2_ft.py's --method on LoRA's
+  if [[ -z "$CONFIG" && -f "configs/$DATASET.$METHOD.yaml" && $TINY == 0 ]]; then
+    CONFIG="configs/$DATASET.$METHOD.yaml"
+  else
+    METHODS="$("$PY" -c 'import typing; from lora_nlg.train.config import Method; print(*typing.get_args(Method))')"
+    [[ " $METHODS " == *" $METHOD "* ]] || die "--method $METHOD: no configs/$DATASET.$METHOD.yaml$( ((TINY)) && echo ' (tiny runs use configs/tiny.yaml)'), and gpt2_ft.py's methods are: $METHODS"
+    TRAIN_EXTRA=(--method "$METHOD" ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"})
+  fi
+fi
 CONFIG="${CONFIG:-configs/$DATASET.yaml}"
 BEAM_CONFIG="${BEAM_CONFIG:-configs/$DATASET.beam.yaml}"
-OUT="${OUT:-runs/${DATASET}_${CARD#gpt2.}}"
+OUT="${OUT:-runs/${DATASET}_${CARD#gpt2.}${METHOD:+_$METHOD}}"
 [[ -f "$CONFIG" ]] || die "--config $CONFIG: no such file"
 [[ -f "$BEAM_CONFIG" ]] || die "--beam_config $BEAM_CONFIG: no such file"
 [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "--nproc must be a positive integer, got '$NPROC'"
@@ -138,12 +153,18 @@ for p in $PROTOCOLS; do [[ "$p" == official || "$p" == paper ]] || die "--protoc
 [[ -z "$INIT" || -e "$INIT" ]] || die "--init_checkpoint $INIT: no such file or folder"
 
 # The config's global batch and first seed (flags given to run.sh win).
-read -r GLOBAL_BATCH BASE_SEED < <("$PY" - "$CONFIG" <<'PYEOF'
-import sys, yaml
-cfg = yaml.safe_load(open(sys.argv[1], encoding="utf-8")) or {}
-print(cfg.get("train_batch_size", 8), cfg.get("random_seed", 10))
+CONFIG_VALUES="$("$PY" - "$CONFIG" 2>&1 <<'PYEOF'
+import sys
+from lora_nlg.cli import load_config_file
+from lora_nlg.train.config import TrainConfig as T
+try:
+    cfg = load_config_file(T, sys.argv[1])  # with its base file's values
+except (ValueError, OSError) as e:
+    sys.exit(str(e))
+print(cfg.get("train_batch_size", T.train_batch_size), cfg.get("random_seed", T.random_seed))
 PYEOF
-) || die "--config $CONFIG: cannot read it as YAML"
+)" || die "$CONFIG_VALUES"  # names the file
+read -r GLOBAL_BATCH BASE_SEED <<< "$CONFIG_VALUES"
 PER_RANK=()
 if [[ " ${TRAIN_EXTRA[*]-} " != *" --train_batch_size "* ]]; then
   ((GLOBAL_BATCH % NPROC == 0)) || die "train_batch_size $GLOBAL_BATCH (the global batch, $CONFIG) is not divisible by --nproc $NPROC; pass --train_batch_size (per process)"
@@ -178,7 +199,7 @@ BEAM_LAUNCH=("$PY")
 ((NPROC > 1)) && BEAM_LAUNCH=("${TRAIN_LAUNCH[@]}")
 
 [[ -z "$PREVIOUS_HOLDER" ]] || log "warning: took over the lock of $PREVIOUS_HOLDER, which is no longer running"
-log "run.sh $DATASET | $CARD | $NPROC process(es) | seeds $SEED_LIST | config $CONFIG | decoding $BEAM_CONFIG | out $OUT"
+log "run.sh $DATASET | $CARD${METHOD:+ | method $METHOD} | $NPROC process(es) | seeds $SEED_LIST | config $CONFIG | decoding $BEAM_CONFIG | out $OUT"
 
 # ------------------------------------------------------------------------------ data
 PREP=(bash scripts/create_datasets.sh "$DATASET" --data_dir "$DATA_DIR")

@@ -12,8 +12,8 @@ import torch
 from lora_nlg.beam import BeamSettings, beam_search
 from lora_nlg.data.tokenizer import GPT2Tokenizer
 from lora_nlg.decode.predict import BeamConfig, load_decoding_model, main, merge_repeated_flags, text_of
-from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict, merge_lora
-from lora_nlg.weights.adapter import apply_lora_weights, save_lora
+from lora_nlg.methods import LoRAConfig, adapter_layers, adapter_state_dict, apply_adapter, merge_adapter
+from lora_nlg.weights.adapter import apply_adapter_weights, save_adapter
 from lora_nlg.weights.backbone import load_pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,19 +50,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _lora_tensors(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for t in lora_state_dict(model).values():
+        for t in adapter_state_dict(model).values():
             t.copy_(torch.randn(t.shape, generator=g) * 0.3)
-    return {k: v.clone() for k, v in lora_state_dict(model).items()}
+    return {k: v.clone() for k, v in adapter_state_dict(model).items()}
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, hf_tiny_dir):
     """An adapter (r=2, alpha=8, naming its backbone), a unique-inputs file, an encoded file."""
     root = tmp_path_factory.mktemp("beam_cli")
-    model = apply_lora(load_pretrained(hf_tiny_dir), LoRAConfig(r=2, alpha=STORED_ALPHA, targets=("q", "v")))
+    model = apply_adapter(load_pretrained(hf_tiny_dir), LoRAConfig(r=2, alpha=STORED_ALPHA, targets=("q", "v")))
     tensors = _lora_tensors(model)
-    save_lora(root / "ckpt" / "adapter.safetensors", model, {"init_checkpoint": str(hf_tiny_dir), "step": 7})
-    save_lora(root / "orphan.safetensors", model, {"step": 7})  # names no backbone
+    save_adapter(root / "ckpt" / "adapter.safetensors", model, {"init_checkpoint": str(hf_tiny_dir), "step": 7})
+    save_adapter(root / "orphan.safetensors", model, {"step": 7})  # names no backbone
     seed_keys = {"module." + k: v for k, v in tensors.items()}
     torch.save({"model_state_dict": seed_keys}, root / "seed_lora.pt")
     with open(root / "test_unique.jsonl", "w") as f:
@@ -85,9 +85,9 @@ def files(tmp_path_factory, hf_tiny_dir):
 
 def _reference(files, alpha, prompts=PROMPTS):
     """Decode in-process: backbone + LoRA(alpha) merged, the settings FLAGS give."""
-    model = apply_lora(load_pretrained(files["backbone"]), LoRAConfig(r=2, alpha=alpha, targets=("q", "v")))
-    apply_lora_weights(model, files["tensors"])
-    merge_lora(model)
+    model = apply_adapter(load_pretrained(files["backbone"]), LoRAConfig(r=2, alpha=alpha, targets=("q", "v")))
+    apply_adapter_weights(model, files["tensors"])
+    merge_adapter(model)
     settings = BeamSettings(beam=3, eval_len=12, length_penalty=0.8, no_repeat_ngram_size=3, stop_ids=(50256, 40))
     return [h.token_ids for h in beam_search(model, prompts, settings)]
 
@@ -138,7 +138,7 @@ def test_lora_is_merged_into_the_weights_before_decoding(files):
     cannot tell, merged and unmerged models decode the same), and the merged weight is W + scaling B A."""
     cfg = BeamConfig(data="x", init_checkpoint=str(files["adapter"]))
     model = load_decoding_model(cfg, torch.device("cpu"))
-    layers = lora_modules(model)
+    layers = adapter_layers(model)
     assert layers and all(m.merged for _, m in layers)
     plain = load_pretrained(files["backbone"])
     name, layer = layers[0]

@@ -11,8 +11,8 @@ from conftest import TINY
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict, merge_lora
-from lora_nlg.weights.adapter import apply_lora_weights, load_lora, save_lora
+from lora_nlg.methods import LoRAConfig, adapter_layers, adapter_state_dict, apply_adapter, merge_adapter
+from lora_nlg.weights.adapter import apply_adapter_weights, load_adapter, save_adapter
 from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 from lora_nlg.weights.layout import ADAPTER_FILE, METADATA_KEY
 from lora_nlg.weights.tensors import CheckpointError, read_tensors
@@ -196,7 +196,7 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pt"
     torch.save({"model_state_dict": {"transformer.wte.weight": torch.zeros(2, 2), "x": RunsCode(marker)}}, path)
-    for load in (read_tensors, load_pretrained, load_lora):
+    for load in (read_tensors, load_pretrained, load_adapter):
         with pytest.raises(CheckpointError) as e:
             load(path)
         assert str(path) in str(e.value) and "safetensors" in str(e.value) and "weights_only" in str(e.value)
@@ -245,15 +245,15 @@ def test_lora_only_file_is_not_a_backbone(tmp_path):
 
 def test_seed_full_checkpoint_with_lora(tmp_path, hf_tiny_state):
     """Upstream's final checkpoint: frozen backbone plus LoRA. load_pretrained says to split it;
-    load_lora takes its LoRA tensors."""
+    load_adapter takes its LoRA tensors."""
     body = seed_full(hf_tiny_state)
     for i in range(TINY["n_layer"]):
         body[f"module.transformer.h.{i}.attn.c_attn.lora_A"] = torch.randn(8, 128)
         body[f"module.transformer.h.{i}.attn.c_attn.lora_B"] = torch.randn(256, 4)
     torch.save({"model_state_dict": body}, tmp_path / "model.final.pt")
-    with pytest.raises(CheckpointError, match="(?s)unexpected.*lora_A.*load_lora"):
+    with pytest.raises(CheckpointError, match="(?s)unexpected.*lora_A.*load_adapter"):
         load_pretrained(tmp_path / "model.final.pt")
-    tensors, metadata = load_lora(tmp_path / "model.final.pt")
+    tensors, metadata = load_adapter(tmp_path / "model.final.pt")
     assert metadata is None and len(tensors) == 2 * TINY["n_layer"]
     assert all(k.startswith("transformer.h.") for k in tensors)
 
@@ -285,20 +285,20 @@ def test_save_pretrained_loads_in_transformers(tiny_model, token_ids, tmp_path):
 def test_save_pretrained_merges_lora_and_leaves_the_model(tiny_model, token_ids, tmp_path):
     with torch.no_grad():
         base = tiny_model(token_ids)
-    apply_lora(tiny_model, LoRAConfig(r=4, alpha=32, targets=("q", "v", "mlp.c_proj")))
+    apply_adapter(tiny_model, LoRAConfig(r=4, alpha=32, targets=("q", "v", "mlp.c_proj")))
     with torch.no_grad():
-        for _, m in lora_modules(tiny_model):
+        for _, m in adapter_layers(tiny_model):
             m.lora_B.normal_(0, 0.05)
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     save_pretrained(tiny_model, tmp_path / "merged")
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
-    assert not any(m.merged for _, m in lora_modules(tiny_model))
+    assert not any(m.merged for _, m in adapter_layers(tiny_model))
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "merged").eval()
     with torch.no_grad():
         assert max_diff(tiny_model(token_ids), load_pretrained(tmp_path / "merged")(token_ids)) < TOL
         assert max_diff(tiny_model(token_ids), hf(input_ids=token_ids).logits) < TOL
         assert max_diff(hf(input_ids=token_ids).logits, base) > 1e-2  # the LoRA update was written
-    merge_lora(tiny_model)  # an already merged model saves the same weights
+    merge_adapter(tiny_model)  # an already merged model saves the same weights
     save_pretrained(tiny_model, tmp_path / "merged2")
     a, b = (
         read_tensors(tmp_path / "merged" / "model.safetensors"),
@@ -322,10 +322,10 @@ def test_save_pretrained_replaces_only_its_own_folder(tiny_model, tmp_path):
 
 
 def lora_model(tiny_model, seed=0, **cfg):
-    apply_lora(tiny_model, LoRAConfig(**{"r": 4, "alpha": 32, **cfg}))
+    apply_adapter(tiny_model, LoRAConfig(**{"r": 4, "alpha": 32, **cfg}))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, m in lora_modules(tiny_model):
+        for _, m in adapter_layers(tiny_model):
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.05)
     return tiny_model
 
@@ -333,10 +333,10 @@ def lora_model(tiny_model, seed=0, **cfg):
 def test_save_load_lora_round_trip(tiny_model, hf_tiny_dir, token_ids, tmp_path):
     model = lora_model(tiny_model, dropout=0.1, targets=("q", "v", "mlp.c_fc"))
     run = {"lr": 2e-4, "label_smooth": 0.1, "train_data": "data/e2e/train.jsonl"}
-    save_lora(tmp_path / "adapter.safetensors", model, {"step": 1200, "epoch": 2, "val_loss": 1.25, "config": run})
-    tensors, meta = load_lora(tmp_path / "adapter.safetensors")
-    assert tensors.keys() == lora_state_dict(model).keys()
-    assert all(torch.equal(tensors[k], v) for k, v in lora_state_dict(model).items())
+    save_adapter(tmp_path / "adapter.safetensors", model, {"step": 1200, "epoch": 2, "val_loss": 1.25, "config": run})
+    tensors, meta = load_adapter(tmp_path / "adapter.safetensors")
+    assert tensors.keys() == adapter_state_dict(model).keys()
+    assert all(torch.equal(tensors[k], v) for k, v in adapter_state_dict(model).items())
     assert {k: meta[k] for k in ("r", "alpha", "dropout", "targets", "scaling_rule", "scaling", "model_card")} == {
         "r": 4,
         "alpha": 32,
@@ -349,8 +349,8 @@ def test_save_load_lora_round_trip(tiny_model, hf_tiny_dir, token_ids, tmp_path)
     assert (meta["step"], meta["epoch"], meta["val_loss"], meta["config"]) == (1200, 2, 1.25, run)
     assert meta["model_config"]["n_embd"] == 128
 
-    fresh = apply_lora(load_pretrained(hf_tiny_dir), LoRAConfig.from_dict(meta))
-    apply_lora_weights(fresh, tensors)
+    fresh = apply_adapter(load_pretrained(hf_tiny_dir), LoRAConfig.from_dict(meta))
+    apply_adapter_weights(fresh, tensors)
     with torch.no_grad():
         assert torch.equal(fresh(token_ids), model.eval()(token_ids))
 
@@ -361,46 +361,46 @@ def test_saved_lora_settings_are_read_off_the_layers(tiny_model, tmp_path):
     model = lora_model(tiny_model, dropout=0.1, targets=("q", "v", "mlp.c_fc"))
     want = LoRAConfig(r=4, alpha=32, dropout=0.1, targets=("q", "v", "mlp.c_fc")).to_dict()
     model.lora_config = LoRAConfig(r=8, alpha=1.0, targets=("k",))  # stale
-    save_lora(tmp_path / "stale.safetensors", model)
+    save_adapter(tmp_path / "stale.safetensors", model)
     del model.lora_config
-    save_lora(tmp_path / "missing.safetensors", model)
+    save_adapter(tmp_path / "missing.safetensors", model)
     for name in ("stale", "missing"):
-        _, meta = load_lora(tmp_path / f"{name}.safetensors")
+        _, meta = load_adapter(tmp_path / f"{name}.safetensors")
         assert {k: meta[k] for k in want} == want, name
 
 
 def test_lora_checkpoint_directory(tiny_model, tmp_path):
     model = lora_model(tiny_model)
     (tmp_path / "ckpt").mkdir()
-    save_lora(tmp_path / "ckpt", model, {"step": 5})
+    save_adapter(tmp_path / "ckpt", model, {"step": 5})
     assert os.listdir(tmp_path / "ckpt") == [ADAPTER_FILE]
     with safe_open(tmp_path / "ckpt" / ADAPTER_FILE, "pt") as f:
         assert json.loads(f.metadata()[METADATA_KEY])["step"] == 5
-    tensors, meta = load_lora(tmp_path / "ckpt")
+    tensors, meta = load_adapter(tmp_path / "ckpt")
     assert meta["step"] == 5 and len(tensors) == 2 * TINY["n_layer"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=ADAPTER_FILE):
-        load_lora(tmp_path / "empty")
+        load_adapter(tmp_path / "empty")
 
 
 def test_save_lora_metadata_errors(tiny_model, tmp_path):
     model = lora_model(tiny_model)
     with pytest.raises(CheckpointError, match="JSON"):
-        save_lora(tmp_path / "a.safetensors", model, {"when": object()})
+        save_adapter(tmp_path / "a.safetensors", model, {"when": object()})
     with pytest.raises(CheckpointError, match="contradicts.*'r'"):
-        save_lora(tmp_path / "a.safetensors", model, {"r": 8})
-    save_lora(tmp_path / "a.safetensors", model, {"r": 4, "targets": ("q", "v")})  # agreeing is fine
+        save_adapter(tmp_path / "a.safetensors", model, {"r": 8})
+    save_adapter(tmp_path / "a.safetensors", model, {"r": 4, "targets": ("q", "v")})  # agreeing is fine
     assert not [p for p in os.listdir(tmp_path) if p != "a.safetensors"]  # no temporary files left
 
 
 def test_apply_lora_weights_is_strict(tiny_model):
     model = lora_model(tiny_model)
-    tensors = {k: v.clone() for k, v in lora_state_dict(model).items()}
+    tensors = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     tensors.pop("transformer.h.1.attn.c_attn.lora_B")
     tensors["transformer.h.0.mlp.c_fc.lora_A"] = torch.zeros(4, 128)
     tensors["transformer.h.2.attn.c_attn.lora_A"] = torch.zeros(12, 128)
     with pytest.raises(CheckpointError) as e:
-        apply_lora_weights(model, tensors)
+        apply_adapter_weights(model, tensors)
     msg = str(e.value)
     assert "missing (1): transformer.h.1.attn.c_attn.lora_B" in msg
     assert "unexpected (1): transformer.h.0.mlp.c_fc.lora_A" in msg
@@ -409,7 +409,7 @@ def test_apply_lora_weights_is_strict(tiny_model):
 
 def test_lora_config_from_tensors(tiny_model):
     def tensors_of(**cfg):
-        return lora_state_dict(lora_model(load_fresh(), **cfg))
+        return adapter_state_dict(lora_model(load_fresh(), **cfg))
 
     state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
 

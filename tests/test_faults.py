@@ -13,10 +13,10 @@ import pytest
 from lora_nlg.data.prepare import encode_main
 from lora_nlg.decode.predict import main as beam_main
 from lora_nlg.decode.scorer_files import main as decode_main
-from lora_nlg.lora import LoRAConfig, apply_lora
+from lora_nlg.methods import LoRAConfig, apply_adapter
 from lora_nlg.metrics.evaluate import main as eval_main
 from lora_nlg.train.loop import main as train_main
-from lora_nlg.weights.adapter import save_lora
+from lora_nlg.weights.adapter import save_adapter
 from lora_nlg.weights.backbone import load_pretrained
 from lora_nlg.weights.convert import main as export_main
 
@@ -93,8 +93,8 @@ def good(tmp_path_factory, hf_tiny_dir):
     (root / "unique.jsonl").write_text(UNIQUE + "\n")
     (root / "pred.jsonl").write_text(PREDICTIONS + "\n")
     (root / "formatted.jsonl").write_text(FORMATTED + "\n")
-    model = apply_lora(load_pretrained(hf_tiny_dir), LoRAConfig(r=2, alpha=4.0))
-    save_lora(root / "adapter.safetensors", model, {"init_checkpoint": str(hf_tiny_dir)})
+    model = apply_adapter(load_pretrained(hf_tiny_dir), LoRAConfig(r=2, alpha=4.0))
+    save_adapter(root / "adapter.safetensors", model, {"init_checkpoint": str(hf_tiny_dir)})
     return root
 
 

@@ -22,9 +22,9 @@ from lora_nlg.decode.predict import main as beam_main
 from lora_nlg.decode.scorer_files import main as decode_main
 from lora_nlg.errors import FormatError
 from lora_nlg.jsonl import parse_json_lines
-from lora_nlg.lora import LoRAConfig, apply_lora
+from lora_nlg.methods import LoRAConfig, apply_adapter
 from lora_nlg.train.loop import main
-from lora_nlg.weights.adapter import load_lora, save_lora
+from lora_nlg.weights.adapter import load_adapter, save_adapter
 from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 from lora_nlg.weights.convert import main as export_main
 
@@ -176,7 +176,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(finished, e2e_data,
     assert str(step6) in captured.err
     assert f"resumed from {work / 'checkpoints' / 'step-4'} at step 4" in captured.out
     assert (work / "checkpoints" / "last").read_text().strip() == "step-6"
-    assert load_lora(step6 / "adapter.safetensors")[1]["step"] == 6
+    assert load_adapter(step6 / "adapter.safetensors")[1]["step"] == 6
     assert not (work / "checkpoints" / ".last.x1y2.tmp").exists()
 
 
@@ -231,9 +231,9 @@ def test_second_signal_stops_at_once_in_one_line(e2e_data, tmp_path):
 
 @pytest.fixture()
 def tiny_adapter(hf_tiny_dir, tmp_path):
-    model = apply_lora(load_pretrained(hf_tiny_dir), LoRAConfig(r=2, alpha=4.0))
+    model = apply_adapter(load_pretrained(hf_tiny_dir), LoRAConfig(r=2, alpha=4.0))
     path = tmp_path / "adapter.safetensors"
-    save_lora(path, model, {"init_checkpoint": str(hf_tiny_dir)})
+    save_adapter(path, model, {"init_checkpoint": str(hf_tiny_dir)})
     data = tmp_path / "unique.jsonl"
     data.write_text(json.dumps({"id": 0, "context": "a", "context_ids": [5, 6, 7], "references": ["x"]}) + "\n")
     return model, path, data
@@ -247,7 +247,7 @@ def _decode(data, ckpt, out, *extra):
 
 def test_decoding_refuses_non_finite_weights_and_scales(tiny_adapter, hf_tiny_dir, tmp_path, capsys):
     model, path, data = tiny_adapter
-    tensors, meta = load_lora(path)
+    tensors, meta = load_adapter(path)
     nan_lora = {k: v.clone() for k, v in tensors.items()}
     next(iter(nan_lora.values()))[0, 0] = float("nan")
     save_file(nan_lora, tmp_path / "nan_lora.safetensors", metadata={"lora_nlg": json.dumps(meta)})
@@ -277,7 +277,7 @@ def test_a_header_that_claims_a_huge_model_allocates_nothing(tiny_adapter, tmp_p
     """Metadata saying n_layer 200, n_embd 2,000,000 over a 4-layer adapter: refused from the
     tensors' shapes, under a 3 GB address-space limit that the claim (~25 GB) would break."""
     _, path, data = tiny_adapter
-    tensors, meta = load_lora(path)
+    tensors, meta = load_adapter(path)
     lie = {**meta, "model_config": {**meta["model_config"], "n_layer": 200, "n_embd": 2_000_000, "n_head": 1}}
     liar = tmp_path / "liar.safetensors"
     save_file(tensors, liar, metadata={"lora_nlg": json.dumps(lie)})

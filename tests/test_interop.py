@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 
 import lora_export
 from lora_nlg.beam import BeamSettings, beam_search
-from lora_nlg.lora import LoRAConfig, apply_lora, lora_modules, lora_state_dict
-from lora_nlg.weights.adapter import load_lora, read_adapter, save_lora, update_norms
+from lora_nlg.methods import LoRAConfig, adapter_layers, adapter_state_dict, apply_adapter
+from lora_nlg.weights.adapter import load_adapter, read_adapter, save_adapter, update_norms
 from lora_nlg.weights.backbone import load_pretrained
 from lora_nlg.weights.merged import model_with_adapter
 from lora_nlg.weights.peft import NotRepresentable, export_peft, import_peft
@@ -43,7 +43,7 @@ def randomize_lora(model, seed=0, std=0.1):
     """Non-zero A and B, float32-exact values (files store float32)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, m in lora_modules(model):
+        for _, m in adapter_layers(model):
             m.lora_A.copy_(torch.randn(m.lora_A.shape, generator=g).float() * std)
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g).float() * std)
 
@@ -51,9 +51,9 @@ def randomize_lora(model, seed=0, std=0.1):
 def our_adapter(hf_tiny_dir, path, cfg: LoRAConfig, seed=0):
     """Our tiny model (float64) with random LoRA, saved to ``path`` as training saves it."""
     model = load_pretrained(hf_tiny_dir).double()
-    apply_lora(model, cfg)
+    apply_adapter(model, cfg)
     randomize_lora(model, seed)
-    save_lora(path, model.float(), {"step": 7, "init_checkpoint": str(hf_tiny_dir)})
+    save_adapter(path, model.float(), {"step": 7, "init_checkpoint": str(hf_tiny_dir)})
     return model.double().eval()
 
 
@@ -80,13 +80,13 @@ EXPORT_CASES = {
 def test_ours_to_peft_gives_our_logits(hf_tiny_dir, tmp_path, token_ids, case):
     cfg = EXPORT_CASES[case]
     ours = load_pretrained(hf_tiny_dir).double()
-    apply_lora(ours, cfg)
+    apply_adapter(ours, cfg)
     randomize_lora(ours)
     if cfg.bias == "lora_only":  # trained biases travel with the adapter
         with torch.no_grad():
-            for _, m in lora_modules(ours):
+            for _, m in adapter_layers(ours):
                 m.base_layer.bias.add_(0.5)
-    save_lora(tmp_path / "adapter.safetensors", ours.float(), {"step": 7})
+    save_adapter(tmp_path / "adapter.safetensors", ours.float(), {"step": 7})
     ours = ours.double().eval()
     config = export_peft(tmp_path / "adapter.safetensors", tmp_path / "peft")
     base = hf_model(hf_tiny_dir)
@@ -114,7 +114,7 @@ def test_ours_to_peft_to_ours_is_the_identity(hf_tiny_dir, tmp_path):
     our_adapter(hf_tiny_dir, tmp_path / "a.safetensors", cfg)
     assert lora_export.main(["export", "peft", str(tmp_path / "a.safetensors"), str(tmp_path / "peft")]) == 0
     assert lora_export.main(["import", "peft", str(tmp_path / "peft"), str(tmp_path / "b.safetensors")]) == 0
-    (ta, ma), (tb, mb) = load_lora(tmp_path / "a.safetensors"), load_lora(tmp_path / "b.safetensors")
+    (ta, ma), (tb, mb) = load_adapter(tmp_path / "a.safetensors"), load_adapter(tmp_path / "b.safetensors")
     assert sorted(ta) == sorted(tb)
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     for key in ("r", "alpha", "scaling_rule", "targets", "dropout", "model_card", "step", "init_checkpoint"):
@@ -163,7 +163,7 @@ def test_peft_to_ours_gives_peft_logits(hf_tiny_dir, tmp_path, token_ids, case):
         mine = ours(token_ids)
     assert max_diff(theirs, plain) > EFFECT
     assert max_diff(mine, theirs) < 1e-5, case  # our adapter file stores A and B in float32
-    _, metadata = load_lora(tmp_path / "ours.safetensors")
+    _, metadata = load_adapter(tmp_path / "ours.safetensors")
     assert metadata["imported_from"]["format"] == "peft"
     if case.startswith("rsLoRA"):
         assert cfg.scaling_rule == "alpha/sqrt(r)"
@@ -200,9 +200,9 @@ def _seed_file(path, tensors, backbone):
 def test_seed_checkpoint_decodes_like_our_model(hf_tiny_dir, tmp_path):
     cfg = LoRAConfig(r=4, alpha=32, targets=("q", "v"))
     reference = load_pretrained(hf_tiny_dir)
-    apply_lora(reference, cfg)
+    apply_adapter(reference, cfg)
     randomize_lora(reference, seed=5, std=0.3)
-    tensors = {k: v.clone() for k, v in lora_state_dict(reference).items()}
+    tensors = {k: v.clone() for k, v in adapter_state_dict(reference).items()}
     backbone = {k: v for k, v in load_pretrained(hf_tiny_dir).state_dict().items()}
     _seed_file(tmp_path / "gpt2_tiny_lora.pt", tensors, backbone)
     assert (
@@ -267,10 +267,10 @@ def test_imported_seed_checkpoint_decodes_with_gpt2_beam(hf_tiny_dir, tmp_path):
     import gpt2_beam
 
     reference = load_pretrained(hf_tiny_dir)
-    apply_lora(reference, LoRAConfig(r=4, alpha=32, targets=("q", "v")))
+    apply_adapter(reference, LoRAConfig(r=4, alpha=32, targets=("q", "v")))
     randomize_lora(reference, seed=5, std=0.3)
-    save_lora(tmp_path / "ours.safetensors", reference, {"init_checkpoint": str(hf_tiny_dir)})
-    _seed_file(tmp_path / "seed.pt", lora_state_dict(reference), {})
+    save_adapter(tmp_path / "ours.safetensors", reference, {"init_checkpoint": str(hf_tiny_dir)})
+    _seed_file(tmp_path / "seed.pt", adapter_state_dict(reference), {})
     from lora_nlg.weights.upstream import import_upstream
 
     import_upstream(tmp_path / "seed.pt", tmp_path / "imported.safetensors", 4, 32, "gpt2.tiny")
@@ -317,8 +317,8 @@ def test_imported_seed_checkpoint_decodes_with_gpt2_beam(hf_tiny_dir, tmp_path):
 
 def test_seed_import_checks_rank_and_needs_alpha(hf_tiny_dir, tmp_path):
     model = load_pretrained(hf_tiny_dir)
-    apply_lora(model, LoRAConfig(r=4, alpha=32))
-    _seed_file(tmp_path / "seed.pt", lora_state_dict(model), {})
+    apply_adapter(model, LoRAConfig(r=4, alpha=32))
+    _seed_file(tmp_path / "seed.pt", adapter_state_dict(model), {})
     with pytest.raises(CheckpointError, match="rank r=4.*not --lora_dim 2"):
         from lora_nlg.weights.upstream import import_upstream
 
@@ -353,7 +353,7 @@ def test_unrepresentable_scales_fail_clearly(hf_tiny_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "scale is inf" in err and "attn.c_attn" in err
     # No metadata (a bare tensor file): the scale is unknown, so it is not exported at all.
-    tensors, _ = load_lora(tmp_path / "qv.safetensors")
+    tensors, _ = load_adapter(tmp_path / "qv.safetensors")
     save_file(tensors, tmp_path / "bare.safetensors")
     with pytest.raises(CheckpointError, match="no lora_nlg metadata"):
         export_peft(tmp_path / "bare.safetensors", tmp_path / "p4")
@@ -364,5 +364,5 @@ def test_update_norm_is_the_frobenius_norm_of_the_merged_change(hf_tiny_dir, tmp
     model = our_adapter(hf_tiny_dir, tmp_path / "a.safetensors", cfg)
     tensors, _, lora_cfg, _ = read_adapter(tmp_path / "a.safetensors")
     norms = update_norms(tensors, lora_cfg)
-    for name, m in lora_modules(model):
+    for name, m in adapter_layers(model):
         assert norms[name] == pytest.approx(m.delta_weight().norm().item(), rel=1e-6)

@@ -16,19 +16,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lora_nlg.lora import (
+from lora_nlg.methods import (
     LoRAConfig,
     LoRALinear,
-    apply_lora,
+    adapter_layers,
+    adapter_state_dict,
+    apply_adapter,
     count_trainable,
-    lora_modules,
-    lora_state_dict,
-    mark_only_lora_as_trainable,
-    merge_lora,
-    unmerge_lora,
+    mark_only_adapter_as_trainable,
+    merge_adapter,
+    unmerge_adapter,
 )
 from lora_nlg.model import GPT2Config, GPT2LMModel
-from lora_nlg.weights.adapter import apply_lora_weights, load_lora
+from lora_nlg.weights.adapter import apply_adapter_weights, load_adapter
 from lora_nlg.weights.backbone import load_pretrained
 from lora_nlg.weights.upstream import lora_config_from_tensors
 
@@ -47,7 +47,7 @@ def randomize_lora(model, seed=0, std=0.1):
     float32 numbers whatever the model's dtype, so a float32 file stores them exactly."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, m in lora_modules(model):
+        for _, m in adapter_layers(model):
             m.lora_A.copy_(torch.randn(m.lora_A.shape, generator=g) * std)
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * std)
 
@@ -56,7 +56,7 @@ def loralib_model(base, lora_model, cfg):
     """``base`` (a plain GPT2LMModel) with its targeted layers replaced by loralib's layers holding
     the same weights and the same A, B as ``lora_model``: upstream's computation."""
     ref = copy.deepcopy(base)
-    ours = dict(lora_modules(lora_model))
+    ours = dict(adapter_layers(lora_model))
     enable = [t in cfg.targets for t in ("q", "k", "v")]
     for i, block in enumerate(ref.transformer.h):
         for path in {"attn.c_attn" if t in "qkv" else t for t in cfg.targets}:
@@ -92,10 +92,10 @@ def loralib_model(base, lora_model, cfg):
 def test_zero_B_is_exactly_the_base_model(tiny_model, token_ids):
     with torch.no_grad():
         base = tiny_model(token_ids)
-        apply_lora(
+        apply_adapter(
             tiny_model, LoRAConfig(r=4, alpha=32, targets=("q", "k", "v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
         )
-        assert all(m.lora_A.abs().sum() > 0 and m.lora_B.abs().sum() == 0 for _, m in lora_modules(tiny_model))
+        assert all(m.lora_A.abs().sum() > 0 and m.lora_B.abs().sum() == 0 for _, m in adapter_layers(tiny_model))
         assert torch.equal(tiny_model(token_ids), base)
 
 
@@ -103,30 +103,30 @@ def test_zero_B_is_exactly_the_base_model(tiny_model, token_ids):
 def test_trainable_parameters_match_the_paper(card, expected):
     with torch.device("meta"):  # shapes only: GPT-2 L is never allocated
         model = GPT2LMModel(GPT2Config.from_card(card))
-        apply_lora(model, LoRAConfig(r=4, alpha=32, targets=("q", "v")))
-    mark_only_lora_as_trainable(model)
+        apply_adapter(model, LoRAConfig(r=4, alpha=32, targets=("q", "v")))
+    mark_only_adapter_as_trainable(model)
     assert count_trainable(model) == expected
-    assert sum(t.numel() for t in lora_state_dict(model).values()) == expected
+    assert sum(t.numel() for t in adapter_state_dict(model).values()) == expected
 
 
 def test_merge_contract(tiny64, token_ids):
     tiny_model = tiny64
-    apply_lora(tiny_model, LoRAConfig(r=4, alpha=32, targets=("q", "v", "mlp.c_fc", "attn.c_proj")))
+    apply_adapter(tiny_model, LoRAConfig(r=4, alpha=32, targets=("q", "v", "mlp.c_fc", "attn.c_proj")))
     randomize_lora(tiny_model)
-    weights = {n: m.base_layer.weight.clone() for n, m in lora_modules(tiny_model)}
+    weights = {n: m.base_layer.weight.clone() for n, m in adapter_layers(tiny_model)}
     with torch.no_grad():
         unmerged = tiny_model(token_ids)
-        merge_lora(tiny_model)
-        merged_w = {n: m.base_layer.weight.clone() for n, m in lora_modules(tiny_model)}
+        merge_adapter(tiny_model)
+        merged_w = {n: m.base_layer.weight.clone() for n, m in adapter_layers(tiny_model)}
         assert all(not torch.equal(merged_w[n], weights[n]) for n in weights)
         merged = tiny_model(token_ids)
         assert max_diff(merged, unmerged) < 1e-5
-        merge_lora(tiny_model)  # idempotent
-        assert all(torch.equal(m.base_layer.weight, merged_w[n]) for n, m in lora_modules(tiny_model))
+        merge_adapter(tiny_model)  # idempotent
+        assert all(torch.equal(m.base_layer.weight, merged_w[n]) for n, m in adapter_layers(tiny_model))
         assert max_diff(tiny_model(token_ids), unmerged) < 1e-5
-        unmerge_lora(tiny_model)
-        unmerge_lora(tiny_model)  # idempotent
-        assert all(max_diff(m.base_layer.weight, weights[n]) < 1e-6 for n, m in lora_modules(tiny_model))
+        unmerge_adapter(tiny_model)
+        unmerge_adapter(tiny_model)  # idempotent
+        assert all(max_diff(m.base_layer.weight, weights[n]) < 1e-6 for n, m in adapter_layers(tiny_model))
         assert max_diff(tiny_model(token_ids), unmerged) < 1e-5
 
 
@@ -155,7 +155,7 @@ def test_same_output_as_loralib(tiny64, token_ids, targets):
     tiny_model = tiny64
     base = copy.deepcopy(tiny_model)
     cfg = LoRAConfig(r=3, alpha=7, targets=targets)  # r, alpha odd on purpose: scaling 7/3
-    apply_lora(tiny_model, cfg)
+    apply_adapter(tiny_model, cfg)
     randomize_lora(tiny_model, std=0.2)
     ref = loralib_model(base, tiny_model, cfg)
     with torch.no_grad():
@@ -163,7 +163,7 @@ def test_same_output_as_loralib(tiny64, token_ids, targets):
         assert delta_ref.abs().max() > 1e-2  # the update matters, so a wrong one would show
         assert max_diff(tiny_model(token_ids), ref(token_ids)) < 1e-5
         for (name, ours), theirs in zip(
-            lora_modules(tiny_model), [m for m in ref.modules() if isinstance(m, loralib.LoRALayer)]
+            adapter_layers(tiny_model), [m for m in ref.modules() if isinstance(m, loralib.LoRALayer)]
         ):
             their_delta = (
                 theirs.merge_AB() if isinstance(theirs, loralib.MergedLinear) else theirs.lora_B @ theirs.lora_A
@@ -193,7 +193,7 @@ def test_seed_lora_checkpoint_reproduces_loralib(tiny64, token_ids, tmp_path):
     tiny_model = tiny64
     base = copy.deepcopy(tiny_model)
     seed_cfg = LoRAConfig(r=4, alpha=32, targets=("q", "v"))
-    donor = apply_lora(copy.deepcopy(tiny_model), seed_cfg)
+    donor = apply_adapter(copy.deepcopy(tiny_model), seed_cfg)
     randomize_lora(donor, seed=5, std=0.1)
     ref = loralib_model(base, donor, seed_cfg)
     seed_sd = {f"module.{k}": v.float() for k, v in ref.state_dict().items() if "lora_" in k}
@@ -203,20 +203,20 @@ def test_seed_lora_checkpoint_reproduces_loralib(tiny64, token_ids, tmp_path):
     path = tmp_path / "model.20000.pt"
     torch.save({"model_state_dict": seed_sd}, path)
 
-    tensors, metadata = load_lora(path)
+    tensors, metadata = load_adapter(path)
     assert metadata is None  # upstream stores neither r nor alpha
     cfg = lora_config_from_tensors(tensors, alpha=32)
     assert (cfg.r, cfg.alpha, cfg.targets, cfg.scaling) == (4, 32, ("q", "v"), 8.0)
-    apply_lora(tiny_model, cfg)
-    apply_lora_weights(tiny_model, tensors)
+    apply_adapter(tiny_model, cfg)
+    apply_adapter_weights(tiny_model, tensors)
     with torch.no_grad():
         assert (ref(token_ids) - base(token_ids)).abs().max() > 1e-2
         assert max_diff(tiny_model(token_ids), ref(token_ids)) < 1e-5
 
 
 def test_only_lora_parameters_get_gradients(tiny_model, token_ids):
-    apply_lora(tiny_model, LoRAConfig(r=4, alpha=32, targets=("q", "v", "mlp.c_fc")))
-    mark_only_lora_as_trainable(tiny_model)
+    apply_adapter(tiny_model, LoRAConfig(r=4, alpha=32, targets=("q", "v", "mlp.c_fc")))
+    mark_only_adapter_as_trainable(tiny_model)
     randomize_lora(tiny_model)
     tiny_model.train()
     F.cross_entropy(tiny_model(token_ids[:, :-1]).flatten(0, 1), token_ids[:, 1:].flatten()).backward()
@@ -249,9 +249,9 @@ def test_dropout_applies_to_lora_input_only(tiny_model, hf_tiny_dir, token_ids):
 
     # LoRA put on a model in eval mode is in eval mode too: no dropout at inference.
     with torch.no_grad():
-        apply_lora(tiny_model.eval(), LoRAConfig(r=4, alpha=32, dropout=0.5))
+        apply_adapter(tiny_model.eval(), LoRAConfig(r=4, alpha=32, dropout=0.5))
         randomize_lora(tiny_model)
-        assert all(not m.training for _, m in lora_modules(tiny_model))
+        assert all(not m.training for _, m in adapter_layers(tiny_model))
         assert torch.equal(tiny_model(token_ids), tiny_model(token_ids))
         reference_lora = tiny_model(token_ids)
         tiny_model.train()
@@ -262,7 +262,7 @@ def test_dropout_applies_to_lora_input_only(tiny_model, hf_tiny_dir, token_ids):
     model = load_pretrained(hf_tiny_dir)
     with torch.no_grad():
         reference = model(token_ids)
-        apply_lora(model, LoRAConfig(r=4, alpha=32, dropout=0.5))
+        apply_adapter(model, LoRAConfig(r=4, alpha=32, dropout=0.5))
         model.train()
         assert torch.equal(model(token_ids), reference)
         randomize_lora(model)

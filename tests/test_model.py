@@ -139,14 +139,14 @@ def test_logit_mask_with_late_first_column_and_padding(tiny_model, token_ids):
 def test_logit_mask_gradients_match_full_forward(token_ids):
     """LoRA gradients of a loss on the selected positions: the same whether the last block and
     the LM head run on every position (loss masked afterwards) or on the selected ones only."""
-    from lora_nlg.lora import LoRAConfig, apply_lora, mark_only_lora_as_trainable
+    from lora_nlg.methods import LoRAConfig, apply_adapter, mark_only_adapter_as_trainable
 
     torch.manual_seed(0)
     model = lora_nlg.model.GPT2LMModel(
         lora_nlg.model.GPT2Config(vocab_size=101, n_positions=32, n_embd=16, n_layer=2, n_head=2)
     ).double()
-    apply_lora(model, LoRAConfig(r=2, alpha=4, targets=("q", "v", "mlp.c_fc")))
-    mark_only_lora_as_trainable(model)
+    apply_adapter(model, LoRAConfig(r=2, alpha=4, targets=("q", "v", "mlp.c_fc")))
+    mark_only_adapter_as_trainable(model)
     for p in model.parameters():  # B starts at zero: make every gradient path non-trivial
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.1)

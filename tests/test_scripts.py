@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from training import adapter
 
 from lora_nlg.data import subset
 from lora_nlg.pipeline import loss_plot, model_selection, results_table
@@ -142,7 +143,7 @@ def test_run_sh_tiny_runs_every_step(prepared, mirror, tmp_path):
 
 def test_run_sh_stops_at_the_failing_step_and_names_it(prepared, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((REPO / "configs" / "tiny.yaml").read_text() + "lora_rank: 4\n")  # not a training key
+    bad.write_text((REPO / "configs" / "tiny.yaml").read_text() + "lora_dropout: 1.5\n")  # gpt2_ft.py refuses it
     out = tmp_path / "run"
     r = run_script(
         [
@@ -164,7 +165,7 @@ def test_run_sh_stops_at_the_failing_step_and_names_it(prepared, tmp_path):
     )
     assert r.returncode != 0
     assert "run.sh: step 'train-110' failed" in r.stderr
-    assert "unknown key(s) ['lora_rank']" in r.stdout + r.stderr
+    assert "--lora_dropout must be in [0, 1), got 1.5" in r.stdout + r.stderr
     log = (out / "run.log").read_text()
     assert "FAILED step train-110" in log and "decode-dev" not in log  # nothing after the failure
     assert not (out / "results.json").exists()
@@ -193,6 +194,9 @@ def test_a_missing_data_mirror_fails_the_prepare_step(tmp_path):
         (["e2e", "--config", "no/such.yaml"], "--config"),
         (["e2e", "--random_seed", "3"], "--seeds"),
         (["e2e", "--model_card", "gpt2.huge"], "--model_card gpt2.huge"),
+        (["e2e", "--config", "tests/conftest.py"], "conftest.py:1:3: not valid YAML"),
+        (["e2e", "--method", "adamix"], "--method adamix: no configs/e2e.adamix.yaml, and gpt2_ft.py's methods are: "),
+        (["e2e", "--tiny", "--method", "loraplus"], "(tiny runs use configs/tiny.yaml)"),
     ],
 )
 def test_run_sh_rejects_bad_arguments_before_running_anything(args, message, tmp_path):
@@ -375,3 +379,25 @@ def test_bench_ratio_table_reads_the_three_reports(tmp_path):
     assert ratios == [1.5, 2.0, 30.0, None]
     text = ratio_table.format_table(table)
     assert "1.50x" in text and "30.00x" in text and "no report" in text
+
+
+def test_run_sh_method_picks_the_dataset_s_recipe(tmp_path):
+    """--method vera on e2e is configs/e2e.vera.yaml (the header says so before the first step)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["e2e", "--method", "vera", "--no_download", "--data_mirror", empty, "--data_dir", tmp_path / "data"]
+    r = run_script([REPO / "scripts/run.sh", *args, "--out", tmp_path / "run"], timeout=120)
+    assert r.returncode != 0 and "step 'prepare-data' failed" in r.stderr
+    header = (tmp_path / "run" / "run.log").read_text().splitlines()[0]
+    assert "| method vera |" in header and "config configs/e2e.vera.yaml |" in header
+
+
+def test_run_sh_tiny_with_a_method_trains_and_decodes_it(prepared, mirror, tmp_path):
+    out = tmp_path / "run"
+    limits = ["--limit_train", 16, "--limit_valid", 8, "--limit_eval", 2, "--max_epoch", 1, "--max_step", 2]
+    args = ["e2e", "--tiny", "--method", "vera", "--vera_r", 8, "--data_dir", prepared, "--data_mirror", mirror]
+    r = run_script([REPO / "scripts/run.sh", *args, "--no_download", *limits, "--out", out, "--tensorboard", "false"])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _, metadata = adapter(out / "seed-110" / "checkpoints" / "epoch-1")
+    assert metadata["method"] == "vera" and metadata["r"] == 8
+    assert len((out / "seed-110" / "test" / "predictions.jsonl").read_text().splitlines()) == 2

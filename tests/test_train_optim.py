@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lora_nlg.lora import LoRAConfig, apply_lora, mark_only_lora_as_trainable
+from lora_nlg.methods import LoRAConfig, apply_adapter, mark_only_adapter_as_trainable
 from lora_nlg.model import GPT2Config, GPT2LMModel
 from lora_nlg.train.loop import shard_batches, token_loss_sum
 from lora_nlg.train.optim import AdamW, build_scheduler, param_groups
@@ -131,8 +131,8 @@ def test_no_decay_bias_groups_biases_and_layer_norms():
         n for n in names.values() if n.endswith(".bias") or ".ln_" in n
     }
     assert len(param_groups(model, 0.01, no_decay_bias=False)) == 1
-    apply_lora(model, LoRAConfig(r=2))
-    mark_only_lora_as_trainable(model)
+    apply_adapter(model, LoRAConfig(r=2))
+    mark_only_adapter_as_trainable(model)
     (group,) = param_groups(model, 0.01, no_decay_bias=True)  # LoRA: only A and B train
     assert sum(p.numel() for p in group["params"]) == 4 * (2 * 2 * 128 + 2 * 128 * 2)
 
@@ -179,7 +179,7 @@ def seed_loss(model, batch, label_smooth):
 def test_loss_at_completion_positions_equals_the_seeds_full_logit_loss(label_smooth):
     torch.manual_seed(0)
     model = GPT2LMModel(GPT2Config.from_card("gpt2.tiny", vocab_size=300, n_positions=32))
-    apply_lora(model, LoRAConfig(r=2, alpha=8))
+    apply_adapter(model, LoRAConfig(r=2, alpha=8))
     with torch.no_grad():
         for _, m in model.named_modules():
             if hasattr(m, "lora_B"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lora_nlg.weights.adapter import load_lora
+from lora_nlg.weights.adapter import load_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_FT = str(REPO / "src" / "gpt2_ft.py")
@@ -50,7 +50,7 @@ def tiny_args(data, work_dir, *extra):
 
 
 def adapter(path):
-    tensors, metadata = load_lora(path)
+    tensors, metadata = load_adapter(path)
     return tensors, metadata
 
 
@@ -65,7 +65,7 @@ def assert_same_tensors(a, b, atol=0.0):
         if atol == 0.0:
             assert torch.equal(a[k], b[k]), f"{k}: max diff {(a[k] - b[k]).abs().max()}"
         else:
-            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def subprocess_env():

@@ -6,18 +6,21 @@
 
 The model: ``--init_checkpoint`` is one of
 - our adapter (a checkpoint folder holding ``adapter.safetensors``, or the file itself): applied
-  with the r, alpha, scaling rule and targets stored in it. A ``--lora_alpha`` that contradicts
-  the stored alpha is an error unless ``--force`` (then a warning, and the flag wins); a
-  ``--lora_dim`` or ``--model_card`` that contradicts it is always an error (the tensors' shapes
-  fix them). The backbone is ``--pretrained_checkpoint``, else the ``init_checkpoint`` the
-  adapter names (the backbone it was trained on);
+  with the method and settings stored in it (LoRA: r, alpha, scaling rule, targets). A ``--method``
+  that contradicts the stored method is an error; a ``--lora_alpha`` that contradicts the stored
+  alpha is an error unless ``--force`` (then a warning, and the flag wins); a ``--lora_dim`` or
+  ``--model_card`` that contradicts it is always an error (the tensors' shapes fix them), and
+  ``--lora_*`` flags on a method without them too. The backbone is ``--pretrained_checkpoint``,
+  else the ``init_checkpoint`` the adapter names (the backbone it was trained on);
+- a ``--method peft`` checkpoint (its ``peft/`` folder, PEFT's own format): loaded by PEFT on the
+  backbone its ``checkpoint.json`` names, merged where PEFT can merge;
 - upstream's LoRA ``.pt`` (LoRA-only, or its final checkpoint with the backbone inside): upstream
   stores no r or alpha, so ``--lora_dim`` and ``--lora_alpha`` must be given; the backbone is
   ``--pretrained_checkpoint``;
 - a full model (a Hugging Face GPT-2 folder, a checkpoint folder holding ``model/``, or a weights
   file): decoded as is, no LoRA.
 There is no silent random backbone: without a backbone the program stops, unless
-``--random_backbone`` (tests, benchmarks). LoRA is merged into the weights before decoding.
+``--random_backbone`` (tests, benchmarks). The adapter is merged into the weights before decoding.
 
 Inputs (``--data``): a ``*_unique.jsonl`` (one line per unique input; output ids are its ids) or
 upstream's encoded jsonl (one line per (input, reference) pair; output ids are line numbers from 0,
@@ -46,17 +49,19 @@ from lora_nlg.data.tokenizer import GPT2Tokenizer
 from lora_nlg.distributed import barrier, cleanup, gather_objects, init_distributed
 from lora_nlg.errors import FormatError
 from lora_nlg.jsonl import json_records
-from lora_nlg.lora import LoRAConfig, apply_lora, merge_lora
+from lora_nlg.methods import METHODS, LoRAConfig, MethodConfig, apply_adapter, merge_adapter, method_of
+from lora_nlg.methods.peft_backend import NAME as PEFT_METHOD
+from lora_nlg.methods.peft_backend import load_for_decoding
 from lora_nlg.model import DTYPES, GPT2_SIZES, GPT2Config, GPT2LMModel
 from lora_nlg.weights.adapter import (
-    apply_lora_weights,
-    check_lora_shapes,
-    load_lora,
-    lora_config_from_metadata,
+    adapter_config_from_metadata,
+    apply_adapter_weights,
+    check_adapter_shapes,
+    load_adapter,
     model_config_from_metadata,
 )
 from lora_nlg.weights.backbone import load_pretrained
-from lora_nlg.weights.layout import checkpoint_kind
+from lora_nlg.weights.layout import checkpoint_kind, read_description
 from lora_nlg.weights.tensors import CheckpointError
 from lora_nlg.weights.upstream import lora_config_from_tensors
 
@@ -79,7 +84,10 @@ class BeamConfig:
     """The GPT-2 size, checked against the adapter and the backbone (default: the adapter's card;
     gpt2.sm, upstream's default, for --random_backbone)."""
     init_checkpoint: Optional[str] = None
-    """Our adapter (folder or .safetensors), upstream's LoRA .pt, or a full model."""
+    """Our adapter (folder or .safetensors), a --method peft checkpoint, upstream's LoRA .pt, or a full model."""
+    method: Optional[Literal[tuple(METHODS) + (PEFT_METHOD,)]] = None
+    """The adapter's method (lora, dora, vera, fourierft, peft): checked against the checkpoint's (default:
+    whatever it stores)."""
     lora_dim: Optional[int] = None
     """LoRA rank r: required for upstream's .pt (it stores none); must match an adapter's."""
     lora_alpha: Optional[float] = None
@@ -174,8 +182,8 @@ def text_of(tokenizer, token_ids: List[int], stop_ids) -> str:
 # -------------------------------------------------------------------------------------- model
 
 
-def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]) -> LoRAConfig:
-    """The LoRA config to decode with: the stored one, checked against the flags."""
+def resolve_adapter(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]) -> MethodConfig:
+    """The adapter config to decode with: the stored one, checked against the flags."""
     if metadata is None:
         if cfg.lora_dim is None or cfg.lora_alpha is None:
             raise CheckpointError(
@@ -187,15 +195,24 @@ def resolve_lora(cfg: BeamConfig, source: str, tensors, metadata: Optional[dict]
         if lora.r != cfg.lora_dim:
             raise CheckpointError(f"{source}: the LoRA tensors have rank r={lora.r}, --lora_dim says {cfg.lora_dim}")
         return lora.check_usable(source)
-    stored = lora_config_from_metadata(metadata, source)
+    if cfg.method is not None and cfg.method != method_of(metadata):
+        raise CheckpointError(
+            f"{source}: holds a {method_of(metadata)} adapter; --method {cfg.method} contradicts it. Leave --method out."
+        )
+    stored = adapter_config_from_metadata(metadata, source)
+    card = metadata.get("model_card")
+    if cfg.model_card is not None and card is not None and cfg.model_card != card:
+        raise CheckpointError(f"{source}: was trained on {card}; --model_card {cfg.model_card} contradicts it")
+    if not isinstance(stored, LoRAConfig):
+        given = [f"--{k}" for k in ("lora_dim", "lora_alpha") if getattr(cfg, k) is not None]
+        if given:
+            raise CheckpointError(f"{source}: a {stored.title} adapter has no {' or '.join(given)}; leave it out")
+        return stored.check_usable(source)
     if cfg.lora_dim is not None and cfg.lora_dim != stored.r:
         raise CheckpointError(
             f"{source}: stores r={stored.r} (the tensors' rank); --lora_dim {cfg.lora_dim} "
             f"contradicts it. Leave --lora_dim out to use the stored value."
         )
-    card = metadata.get("model_card")
-    if cfg.model_card is not None and card is not None and cfg.model_card != card:
-        raise CheckpointError(f"{source}: was trained on {card}; --model_card {cfg.model_card} contradicts it")
     if cfg.lora_alpha is not None and float(cfg.lora_alpha) != float(stored.alpha):
         if not cfg.force:
             raise CheckpointError(
@@ -260,6 +277,20 @@ def _backbone(cfg: BeamConfig, metadata: Optional[dict], card: Optional[str], so
     return load_pretrained(path, card)
 
 
+def _peft_model(cfg: BeamConfig, folder: str) -> GPT2LMModel:
+    """A --method peft checkpoint: the backbone its checkpoint.json names, PEFT's adapter on it."""
+    if cfg.method not in (None, PEFT_METHOD):
+        raise CheckpointError(f"{folder}: holds a PEFT adapter; --method {cfg.method} contradicts it")
+    if cfg.lora_dim is not None or cfg.lora_alpha is not None:
+        raise CheckpointError(f"{folder}: a PEFT adapter stores its own settings; leave --lora_dim / --lora_alpha out")
+    description = read_description(os.path.dirname(os.path.normpath(folder)))
+    card = cfg.model_card or description.get("model_card")
+    model = _backbone(cfg, description or None, card, folder)
+    model = load_for_decoding(model, folder)
+    _say(f"PEFT adapter from {folder}: applied by PEFT")
+    return model
+
+
 def load_decoding_model(cfg: BeamConfig, device, dtype=torch.float32) -> GPT2LMModel:
     """Backbone + LoRA (merged), on ``device`` in ``dtype``, in eval mode."""
     if cfg.init_checkpoint is None:
@@ -274,20 +305,28 @@ def load_decoding_model(cfg: BeamConfig, device, dtype=torch.float32) -> GPT2LMM
             if cfg.pretrained_checkpoint or cfg.random_backbone:
                 raise ValueError(f"{path} is a full model: --pretrained_checkpoint / --random_backbone do not apply")
             model = load_pretrained(path, cfg.model_card)
+        elif kind == "peft":
+            model = _peft_model(cfg, path)
         else:
-            tensors, metadata = load_lora(path)
-            lora = resolve_lora(cfg, path, tensors, metadata)
+            tensors, metadata = load_adapter(path)
+            adapter = resolve_adapter(cfg, path, tensors, metadata)
             if metadata is not None:  # its description must fit its tensors before anything is built from it
-                check_lora_shapes(tensors, lora, model_config_from_metadata(metadata, path), path)
+                check_adapter_shapes(tensors, adapter, model_config_from_metadata(metadata, path), path)
             card = cfg.model_card or (metadata or {}).get("model_card")
             model = _backbone(cfg, metadata, card, path)
-            apply_lora(model, dataclasses.replace(lora, dropout=0.0))
-            apply_lora_weights(model, tensors)
-            merge_lora(model)  # decoding then costs what the plain model costs
-            _say(
-                f"LoRA from {path}: r={lora.r}, alpha={lora.alpha:g}, {lora.scaling_rule} -> scaling "
-                f"{lora.scaling:g}, targets {','.join(lora.targets)}; merged into the weights"
-            )
+            if hasattr(adapter, "dropout"):
+                adapter = dataclasses.replace(adapter, dropout=0.0)
+            apply_adapter(model, adapter)
+            apply_adapter_weights(model, tensors)
+            merge_adapter(model)  # decoding then costs what the plain model costs
+            if isinstance(adapter, LoRAConfig) and adapter.name == "lora":
+                what = (
+                    f"LoRA from {path}: r={adapter.r}, alpha={adapter.alpha:g}, {adapter.scaling_rule} -> scaling "
+                    f"{adapter.scaling:g}, targets {','.join(adapter.targets)}"
+                )
+            else:
+                what = f"{adapter.title} from {path}: {adapter.describe()}"
+            _say(what + "; merged into the weights")
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -13,11 +13,13 @@ from typing import List, Literal, Optional
 
 from lora_nlg.catalog import HUB_NAMES, hub_folder
 from lora_nlg.errors import InputError
-from lora_nlg.lora import SCALING_RULES, TARGETS
+from lora_nlg.methods import METHODS, SCALING_RULES, TARGETS, MethodConfig
+from lora_nlg.methods.peft_backend import NAME as PEFT_METHOD
 from lora_nlg.model import GPT2_SIZES
 from lora_nlg.train.optim import parse_cycle
 
 ModelCard = Literal[tuple(GPT2_SIZES)]
+Method = Literal[tuple(METHODS) + (PEFT_METHOD,)]
 ScalingRule = Literal[tuple(SCALING_RULES)]
 
 # Resuming: settings that must not change (the checkpoint would not fit, or would not mean the same
@@ -26,10 +28,20 @@ ScalingRule = Literal[tuple(SCALING_RULES)]
 RESUME_MUST_MATCH = (
     "model_card",
     "init_checkpoint",
+    "method",
     "lora_dim",
     "lora_alpha",
     "lora_targets",
     "lora_scaling_rule",
+    "vera_r",
+    "vera_d_initial",
+    "vera_seed",
+    "fourierft_n",
+    "fourierft_scaling",
+    "fourierft_seed",
+    "fourierft_init",
+    "peft_config",
+    "loraplus_lr_ratio",
     "obj",
     "seq_len",
     "random_seed",
@@ -79,7 +91,32 @@ class TrainConfig:
     """Where LoRA goes, any of: q k v attn.c_proj mlp.c_fc mlp.c_proj (q, k, v are slices of the fused
     c_attn)."""
     lora_scaling_rule: ScalingRule = "alpha/r"
-    """LoRA scaling: alpha/r (the LoRA paper) or alpha/sqrt(r) (rsLoRA)."""
+    """LoRA scaling: alpha/r (the LoRA paper) or alpha/sqrt(r) (rsLoRA); DoRA's too."""
+
+    # ---- adapter method (lora_nlg/methods/: one file each)
+    method: Method = "lora"
+    """lora | dora (--lora_* flags) | vera (--vera_*) | fourierft (--fourierft_*) | peft (any PEFT method,
+    --peft_config). Every method goes on --lora_targets; --lora_dim 0 (full fine-tuning) is for lora only."""
+    vera_r: int = 256
+    """VeRA: rank of the shared random A and B (PEFT's default; the VeRA paper's E2E runs use 1024)."""
+    vera_d_initial: float = 0.1
+    """VeRA: the initial value of every scaling vector d (b starts at 0)."""
+    vera_seed: int = 0
+    """VeRA: seed of the shared A and B (PEFT's projection_prng_key), stored in the adapter."""
+    fourierft_n: int = 1000
+    """FourierFT: trained spectral coefficients per adapted slice (the paper's E2E runs: 1000)."""
+    fourierft_scaling: float = 150.0
+    """FourierFT: the update's scale (PEFT's default; the paper's E2E runs use 300)."""
+    fourierft_seed: int = 777
+    """FourierFT: seed of the coefficients' positions (PEFT's random_loc_seed), stored in the adapter."""
+    fourierft_init: Literal["randn", "zeros"] = "randn"
+    """FourierFT: initial coefficients, randn (the paper's, PEFT's default) or zeros (starts at the backbone)."""
+    peft_config: Optional[str] = None
+    """--method peft: a PEFT adapter_config.json (peft_type and its settings; target_modules naming our modules:
+    c_attn, attn.c_proj, c_fc, mlp.c_proj...)."""
+    loraplus_lr_ratio: Optional[float] = None
+    """LoRA+: lora_B (and 1-dim adapter tensors) learn at --lr x this ratio, lora_A at --lr, as
+    peft.optimizers.create_loraplus_optimizer (lora, dora, peft LoRA-type methods; off by default)."""
 
     # ---- optimization (upstream's AdamW and schedules; see lora_nlg.optim)
     lr: float = 0.00001
@@ -167,6 +204,20 @@ class TrainConfig:
     def resolved_precision(self) -> str:
         return "fp16" if self.fp16 else (self.precision or "fp32")
 
+    @property
+    def full_fine_tuning(self) -> bool:
+        return self.method == "lora" and self.lora_dim == 0
+
+
+def method_config(cfg: TrainConfig) -> Optional[MethodConfig]:
+    """The native method's config that the flags describe (its ``flags`` name them); None for full
+    fine-tuning and for --method peft."""
+    if cfg.full_fine_tuning or cfg.method == PEFT_METHOD:
+        return None
+    config_class = METHODS[cfg.method]
+    values = {field: getattr(cfg, flag) for field, flag in config_class.flags.items()}
+    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 class ConfigError(InputError):
     """A contradictory or impossible configuration; the message says which flags and why."""
@@ -186,6 +237,17 @@ def check(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"--seq_len must be at least 2, got {cfg.seq_len}")
     if cfg.lora_dim < 0:
         problems.append(f"--lora_dim must be >= 0 (0 = full fine-tuning), got {cfg.lora_dim}")
+    if cfg.method != "lora" and cfg.lora_dim == 0:
+        problems.append(f"--lora_dim 0 (full fine-tuning) with --method {cfg.method}: full fine-tuning has no method")
+    if (cfg.method == PEFT_METHOD) != bool(cfg.peft_config):
+        problems.append("--method peft needs --peft_config FILE.json, and --peft_config needs --method peft")
+    if cfg.loraplus_lr_ratio is not None:
+        if not 0.0 < cfg.loraplus_lr_ratio < math.inf:
+            problems.append(f"--loraplus_lr_ratio must be a number > 0, got {cfg.loraplus_lr_ratio}")
+        if cfg.method not in ("lora", "dora", PEFT_METHOD) or cfg.full_fine_tuning:
+            problems.append(f"--loraplus_lr_ratio needs LoRA's A and B (--method lora, dora or peft), not {cfg.method}")
+    if cfg.method == "fourierft" and cfg.lora_dropout > 0:
+        problems.append(f"--lora_dropout {cfg.lora_dropout} with --method fourierft: FourierFT has no dropout")
     if cfg.lora_dim == 0 and cfg.lora_dropout > 0:
         problems.append(
             f"--lora_dropout {cfg.lora_dropout} with --lora_dim 0: full fine-tuning has no LoRA to drop out"
@@ -244,6 +306,11 @@ def check(cfg: TrainConfig) -> TrainConfig:
                 f"{owner}, perhaps from --config): pass --model_card {owner}, or --init_checkpoint none for a random "
                 f"{cfg.model_card} backbone"
             )
+    if not problems and cfg.method in METHODS and not cfg.full_fine_tuning:
+        try:
+            method_config(cfg)
+        except ValueError as e:
+            problems.append(f"--method {cfg.method}: {e}")
     if cfg.resume and cfg.overwrite:
         problems.append("--resume continues the work dir's run, --overwrite starts a new one: choose one")
     if problems:

@@ -40,7 +40,8 @@ from lora_nlg.distributed import DistInfo, all_reduce_sum, barrier, cleanup, gat
 from lora_nlg.errors import FormatError
 from lora_nlg.lock import FolderLock, LockedError
 from lora_nlg.lock import describe as describe_holder
-from lora_nlg.lora import LoRAConfig, apply_lora, count_trainable, mark_only_lora_as_trainable
+from lora_nlg.methods import apply_adapter, count_trainable, mark_only_adapter_as_trainable
+from lora_nlg.methods.peft_backend import PeftAdapter, read_config
 from lora_nlg.model import DTYPES, GPT2Config, GPT2LMModel
 from lora_nlg.train import state as ts
 from lora_nlg.train.config import (
@@ -50,11 +51,12 @@ from lora_nlg.train.config import (
     TrainConfig,
     check,
     environment_defaults,
+    method_config,
 )
 from lora_nlg.train.log import LOG_FILE, TENSORBOARD_DIR, RunLog
 from lora_nlg.train.optim import build_optimizer, build_scheduler
 from lora_nlg.weights import layout
-from lora_nlg.weights.adapter import apply_lora_weights
+from lora_nlg.weights.adapter import apply_adapter_weights
 from lora_nlg.weights.backbone import load_pretrained
 
 
@@ -107,9 +109,10 @@ def token_loss_sum(model, batch: Dict[str, torch.Tensor], label_smooth: float, a
     return F.cross_entropy(logits.float(), batch["labels"][mask], label_smoothing=label_smooth, reduction="sum")
 
 
-def build_model(cfg: TrainConfig, log: RunLog) -> GPT2LMModel:
-    """The backbone (pretrained, or random with a warning), with LoRA applied and only LoRA
-    trainable; or, with ``lora_dim 0``, everything trainable."""
+def build_model(cfg: TrainConfig, log: RunLog, total_step: Optional[int] = None):
+    """``(model, PEFT adapter or None)``: the backbone (pretrained, or random with a warning) with
+    the method applied and only its tensors trainable; or, with ``lora_dim 0``, everything trainable.
+    ``total_step``: the schedule's length (AdaLoRA's budget schedule needs it)."""
     if cfg.init_checkpoint:
         model = load_pretrained(cfg.init_checkpoint, cfg.model_card)
     else:
@@ -120,22 +123,16 @@ def build_model(cfg: TrainConfig, log: RunLog) -> GPT2LMModel:
         model = GPT2LMModel(GPT2Config.from_card(cfg.model_card))
     if cfg.seq_len > model.config.n_positions:
         raise ConfigError(f"--seq_len {cfg.seq_len} exceeds the model's {model.config.n_positions} positions")
-    if cfg.lora_dim > 0:
-        apply_lora(
-            model,
-            LoRAConfig(
-                r=cfg.lora_dim,
-                alpha=cfg.lora_alpha,
-                dropout=cfg.lora_dropout,
-                targets=tuple(cfg.lora_targets),
-                scaling_rule=cfg.lora_scaling_rule,
-            ),
-        )
-        mark_only_lora_as_trainable(model)
-    else:
+    peft_adapter = None
+    if cfg.peft_config:
+        peft_adapter = PeftAdapter(model, read_config(cfg.peft_config), cfg.peft_config, total_step)
+    elif cfg.full_fine_tuning:
         for p in model.parameters():
             p.requires_grad = True
-    return model.train()
+    else:
+        apply_adapter(model, method_config(cfg))
+        mark_only_adapter_as_trainable(model)
+    return model.train(), peft_adapter
 
 
 def shard_batches(lengths: List[int], batch_size: int, world_size: int, rank: int) -> List[List[int]]:
@@ -229,8 +226,8 @@ class Trainer:
         with an old one."""
         cfg = self.cfg
         if cfg.resume:
-            full = cfg.lora_dim == 0
-            return ts.resume_point(cfg.work_dir, full, cfg.model_card, cfg.resume_fallback, self.log.warn)
+            kind = "full" if cfg.full_fine_tuning else ("peft" if cfg.peft_config else "adapter")
+            return ts.resume_point(cfg.work_dir, kind, cfg.model_card, cfg.resume_fallback, self.log.warn)
         if not cfg.overwrite and (layout.last_name(cfg.work_dir) or layout.epoch_candidates(cfg.work_dir)):
             raise ConfigError(
                 f"{cfg.work_dir} already holds a run ({self.ckpt_root}): pass --resume "
@@ -309,10 +306,12 @@ class Trainer:
         """The model (same seed, same backbone and LoRA init on every rank and in every resumed run),
         with the resumed ``weights`` if any, on the device, under DDP when there is a process group."""
         cfg = self.cfg
-        self.model = build_model(cfg, self.log)
-        self.full = cfg.lora_dim == 0 or cfg.save_full
-        if weights is not None and cfg.lora_dim > 0:
-            apply_lora_weights(self.model, weights)
+        self.model, self.peft = build_model(cfg, self.log, self.max_step)
+        self.full = cfg.full_fine_tuning or cfg.save_full
+        if weights is not None and self.peft is not None:
+            self.peft.load_trained_tensors(weights, "the checkpoint's trainer state")
+        elif weights is not None and not cfg.full_fine_tuning:
+            apply_adapter_weights(self.model, weights)
         elif weights is not None:
             self.model.load_state_dict(weights, strict=True)
         self.model.to(self.device)
@@ -345,6 +344,7 @@ class Trainer:
             correct_bias=cfg.correct_bias,
             no_decay_bias=cfg.no_decay_bias,
             fused=self.device.type == "cuda" and self.precision != "fp16",
+            loraplus_lr_ratio=cfg.loraplus_lr_ratio,
         )
         self.scheduler = build_scheduler(
             self.optimizer, cfg.scheduler, cfg.warmup_step, self.max_step, cfg.lr, cfg.i_steps, cfg.i_lrs
@@ -355,7 +355,8 @@ class Trainer:
 
     def _load_state(self, state: dict, folder: str) -> None:
         cfg = config_to_dict(self.cfg)
-        saved = state["config"]
+        # A setting that did not exist when the checkpoint was written had its default then.
+        saved = {**config_to_dict(TrainConfig()), **state["config"]}
         fatal = [k for k in RESUME_MUST_MATCH if saved.get(k) != cfg.get(k)]
         if fatal:
             raise ConfigError(
@@ -390,6 +391,8 @@ class Trainer:
                 f"order continues exactly, the random streams (LoRA dropout) do not"
             )
             self._resume_rng = rngs[self.dist.rank % len(rngs)]
+        if self.peft is not None:
+            self.peft.load_state(state.get("method_state") or {})
         self.log.event(self.step, f"resumed from {folder} at step {self.step} (epoch {self.epoch})")
 
     def _describe(self) -> None:
@@ -399,11 +402,12 @@ class Trainer:
         if d.is_main:
             save_config(cfg, os.path.join(cfg.work_dir, "config.yaml"))
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "no process group"
-        kind = (
-            f"LoRA r={cfg.lora_dim} alpha={cfg.lora_alpha:g} on {','.join(cfg.lora_targets)}"
-            if cfg.lora_dim
-            else "full fine-tuning"
-        )
+        if self.peft is not None:
+            kind = f"PEFT {self.peft.config.peft_type.value} from {cfg.peft_config}"
+        elif cfg.full_fine_tuning:
+            kind = "full fine-tuning"
+        else:
+            kind = method_config(cfg).describe()
         self.log.say(
             f"{cfg.model_card} | {kind} | {count_trainable(self.model):,} trainable parameters | "
             f"{d.world_size} process(es) on {self.device.type} ({backend}) | {self.precision}\n"
@@ -501,7 +505,9 @@ class Trainer:
             sync = self.ddp is None or j == len(micro) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 loss = token_loss_sum(model, self._to_device(mb), cfg.label_smooth, self._autocast)
-                self.scaler.scale(loss * scale).backward()
+                extra = self.peft.extra_loss() if self.peft is not None else None
+                objective = loss * scale if extra is None else loss * scale + extra / len(micro)
+                self.scaler.scale(objective).backward()
             loss_sum += loss.detach()
         if self._launcher is not None and self._stop_signal is None and os.getppid() != self._launcher:
             self._stop_signal = int(signal.SIGHUP)  # torchrun is gone: stop as after a signal
@@ -537,6 +543,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.peft is not None:
+            self.peft.after_backward(self.step)  # after the update, before the gradients go (PEFT's order)
         self.optimizer.zero_grad(set_to_none=True)
         meter.add(loss, n_tokens, grad_norm)
         return loss, any_stop > 0
@@ -607,11 +615,13 @@ class Trainer:
                 "best_val_loss": self.best_val_loss,
                 "init_checkpoint": os.path.abspath(cfg.init_checkpoint) if cfg.init_checkpoint else None,
                 "backbone": "pretrained" if cfg.init_checkpoint else f"random init (seed {cfg.random_seed})",
-                "full_fine_tuning": cfg.lora_dim == 0,
+                "full_fine_tuning": cfg.full_fine_tuning,
                 "world_size": self.dist.world_size,
                 "global_batch_size": cfg.train_batch_size * cfg.grad_acc * self.dist.world_size,
                 "config": config_to_dict(cfg),
             }
+            if self.peft is not None:  # no adapter header to hold these: the decoder reads them here
+                description.update(model_card=cfg.model_card, model_config=dataclasses.asdict(self.model.config))
             state = None
             if resumable:
                 state = {
@@ -628,8 +638,10 @@ class Trainer:
                     "world_size": self.dist.world_size,
                     "config": config_to_dict(cfg),
                 }
+                if self.peft is not None:
+                    state.update(adapter_tensors=self.peft.trained_tensors(), method_state=self.peft.state())
             folder = os.path.join(self.ckpt_root, name)
-            ts.write_checkpoint(folder, self.model, description, state, full=self.full)
+            ts.write_checkpoint(folder, self.model, description, state, full=self.full, peft=self.peft)
             if resumable:
                 layout.write_last(self.ckpt_root, name)
         barrier()

@@ -21,10 +21,12 @@ number of optimizer steps taken so far, so the first step uses ``schedule(0)``.
 """
 
 import math
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+
+from lora_nlg.methods import loraplus
 
 
 class AdamW(torch.optim.AdamW):
@@ -107,10 +109,15 @@ def build_optimizer(
     correct_bias: bool,
     no_decay_bias: bool,
     fused: bool = False,
+    loraplus_lr_ratio: Optional[float] = None,
 ) -> AdamW:
+    """Upstream's AdamW over ``param_groups``; with ``loraplus_lr_ratio``, LoRA+'s groups
+    (``lora_nlg.methods.loraplus``)."""
     groups = param_groups(model, weight_decay, no_decay_bias)
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters: nothing to optimize")
+    if loraplus_lr_ratio is not None:
+        groups = loraplus.split_groups(model, groups, lr, loraplus_lr_ratio)
     return AdamW(
         groups,
         lr=lr,

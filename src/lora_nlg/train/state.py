@@ -14,11 +14,19 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from lora_nlg.lora import lora_modules
+from lora_nlg.methods import adapter_layers
 from lora_nlg.weights import layout
-from lora_nlg.weights.adapter import load_lora, save_lora
+from lora_nlg.weights.adapter import load_adapter, save_adapter
 from lora_nlg.weights.backbone import load_pretrained, save_pretrained
-from lora_nlg.weights.layout import ADAPTER_FILE, FULL_MODEL, TRAINER_STATE, new_temp_dir, swap_in, write_description
+from lora_nlg.weights.layout import (
+    ADAPTER_FILE,
+    FULL_MODEL,
+    PEFT_FOLDER,
+    TRAINER_STATE,
+    new_temp_dir,
+    swap_in,
+    write_description,
+)
 from lora_nlg.weights.tensors import CheckpointError, torch_load
 
 # ------------------------------------------------------------------------------ random state
@@ -62,21 +70,30 @@ def load_trainer_state(folder: str) -> dict:
 
 
 def write_checkpoint(
-    final: str, model: torch.nn.Module, description: dict, trainer_state: Optional[dict] = None, full: bool = False
+    final: str,
+    model: torch.nn.Module,
+    description: dict,
+    trainer_state: Optional[dict] = None,
+    full: bool = False,
+    peft=None,
 ) -> None:
     """Write one checkpoint folder ``final`` (see the module docstring), atomically.
 
-    model: the unwrapped model; its LoRA tensors go to ``adapter.safetensors`` with
-    ``description`` in the header; ``full``: also the merged model as ``model/``.
+    model: the unwrapped model; its adapter's tensors go to ``adapter.safetensors`` with
+    ``description`` in the header; ``peft`` (a ``PeftAdapter``): PEFT's folder ``peft/`` instead;
+    ``full``: also the merged model as ``model/``.
     """
     tmp = new_temp_dir(final)
     try:
         files = []
-        if lora_modules(model):
-            save_lora(os.path.join(tmp, ADAPTER_FILE), model, description)
+        if peft is not None:
+            peft.save(os.path.join(tmp, PEFT_FOLDER), description.get("init_checkpoint"))
+            files.append(PEFT_FOLDER + "/")
+        elif adapter_layers(model):
+            save_adapter(os.path.join(tmp, ADAPTER_FILE), model, description)
             files.append(ADAPTER_FILE)
         if full:
-            save_pretrained(model, os.path.join(tmp, FULL_MODEL))
+            save_pretrained(model if peft is None else peft.merged_model(), os.path.join(tmp, FULL_MODEL))
             files.append(FULL_MODEL + "/")
         if trainer_state is not None:
             save_trainer_state(tmp, trainer_state)
@@ -88,9 +105,10 @@ def write_checkpoint(
         raise
 
 
-def _load_resumable(folder: str, full: bool, model_card: Optional[str]) -> Tuple[dict, Any]:
-    """(trainer state, weights) of one checkpoint folder: the adapter's tensors, or with ``full``
-    the state dict of its model/; a CheckpointError naming the missing or damaged file."""
+def _load_resumable(folder: str, kind: str, model_card: Optional[str]) -> Tuple[dict, Any]:
+    """(trainer state, weights) of one checkpoint folder: the adapter's tensors (``kind`` adapter),
+    the state dict of its model/ (full) or the PEFT tensors kept in the trainer state (peft); a
+    CheckpointError naming the missing or damaged file."""
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such folder")
     state_file = os.path.join(folder, TRAINER_STATE)
@@ -99,15 +117,19 @@ def _load_resumable(folder: str, full: bool, model_card: Optional[str]) -> Tuple
     state = torch_load(state_file)
     if not isinstance(state, dict) or not {"step", "optimizer", "sampler", "rng", "config"} <= set(state):
         raise CheckpointError(f"{state_file}: not a trainer state (step, optimizer, sampler, rng, config)")
-    if full:
+    if kind == "full":
         weights = load_pretrained(os.path.join(folder, FULL_MODEL), model_card).state_dict()
+    elif kind == "peft":
+        if "adapter_tensors" not in state:
+            raise CheckpointError(f"{state_file}: holds no PEFT tensors (not a --method peft run)")
+        weights = state["adapter_tensors"]
     else:
-        weights, _ = load_lora(os.path.join(folder, ADAPTER_FILE))
+        weights, _ = load_adapter(os.path.join(folder, ADAPTER_FILE))
     return state, weights
 
 
 def resume_point(
-    work_dir: str, full: bool, model_card: Optional[str], fallback: bool, warn: Callable[[str], None]
+    work_dir: str, kind: str, model_card: Optional[str], fallback: bool, warn: Callable[[str], None]
 ) -> Optional[Tuple[str, dict, Any]]:
     """``(folder, trainer state, weights)`` to resume from: the folder ``last`` names or, when it
     is missing or damaged and ``fallback``, the newest complete one (``warn`` says what was
@@ -128,7 +150,7 @@ def resume_point(
     for name in order:
         folder = os.path.join(root, name)
         try:
-            state, weights = _load_resumable(folder, full, model_card)
+            state, weights = _load_resumable(folder, kind, model_card)
         except CheckpointError as e:
             if not fallback:
                 raise CheckpointError(f"cannot resume from {folder}: {e} (resume_fallback is off)") from None

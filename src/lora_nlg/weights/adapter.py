@@ -1,15 +1,16 @@
-"""Our adapter file: the LoRA tensors as safetensors, described in the header, read back strictly.
+"""Our adapter file: an adapter's tensors as safetensors, described in the header, read back strictly.
 
-``save_lora`` / ``load_lora``: a safetensors file of the LoRA tensors only, keyed like
-``lora_state_dict`` (``transformer.h.0.attn.c_attn.lora_A``), with a JSON description (r, alpha,
-scaling rule, targets, model card, and whatever the caller adds: step, config, ...) in the header
-metadata under ``"lora_nlg"``. Upstream's LoRA-only ``.pt`` files load too, without metadata:
-upstream never stored r or alpha, so the caller supplies them (``lora_nlg.weights.upstream``).
+``save_adapter`` / ``load_adapter``: a safetensors file of the adapter's tensors only, keyed like
+``adapter_state_dict`` (``transformer.h.0.attn.c_attn.lora_A``), with a JSON description (the
+method's config: for LoRA r, alpha, scaling rule, targets; ``"method"`` for any other method; the
+model card, and whatever the caller adds: step, config, ...) in the header metadata under
+``"lora_nlg"``. Upstream's LoRA-only ``.pt`` files load too, without metadata: upstream never
+stored r or alpha, so the caller supplies them (``lora_nlg.weights.upstream``).
 
-Converters (``peft``, ``upstream``) produce LoRA tensors and a ``LoRAConfig`` without a backbone
-in memory; ``write_adapter`` saves them through ``save_lora`` (so the file is exactly what
-training writes) on a model skeleton whose backbone lives on the ``meta`` device: only the LoRA
-tensors are real, so converting a GPT-2 L adapter costs megabytes, not gigabytes.
+Converters (``peft``, ``upstream``) produce adapter tensors and a config without a backbone in
+memory; ``write_adapter`` saves them through ``save_adapter`` (so the file is exactly what training
+writes) on a model skeleton whose backbone lives on the ``meta`` device: only the adapter's tensors
+are real, so converting a GPT-2 L adapter costs megabytes, not gigabytes.
 """
 
 import dataclasses
@@ -23,27 +24,36 @@ import torch.nn as nn
 from safetensors.torch import save
 
 from lora_nlg.atomic import atomic_write
-from lora_nlg.lora import LoRAConfig, apply_lora, lora_config_of, lora_modules, lora_shapes, lora_state_dict
+from lora_nlg.methods import (
+    METHODS,
+    LoRAConfig,
+    MethodConfig,
+    adapter_config_of,
+    adapter_layers,
+    adapter_state_dict,
+    apply_adapter,
+    method_of,
+)
 from lora_nlg.model import GPT2Config, GPT2LMModel
 from lora_nlg.weights.layout import ADAPTER_FILE, METADATA_KEY
 from lora_nlg.weights.tensors import LORA_KEY, CheckpointError, check_finite, fit_report, read_safetensors, read_tensors
 
 
-def save_lora(path, model: torch.nn.Module, metadata: Optional[dict] = None) -> None:
-    """Write the LoRA tensors of ``model`` (``lora_state_dict``) as safetensors, atomically.
+def save_adapter(path, model: torch.nn.Module, metadata: Optional[dict] = None) -> None:
+    """Write the adapter tensors of ``model`` (``adapter_state_dict``) as safetensors, atomically.
 
-    The header metadata ``"lora_nlg"`` holds JSON: the model's LoRA config (r, alpha, dropout,
-    targets, scaling_rule, scaling, init, bias), ``model_card`` and ``model_config``, then the
-    caller's ``metadata`` (step, epoch, config, val loss, ...), which must be JSON-serialisable and
-    must not contradict the model's LoRA config. ``path``: a file, or an existing directory (the
+    The header metadata ``"lora_nlg"`` holds JSON: the model's adapter config (``to_dict``: for
+    LoRA r, alpha, dropout, targets, scaling_rule, scaling, init, bias), ``model_card`` and
+    ``model_config``, then the caller's ``metadata`` (step, epoch, config, val loss, ...), which must
+    be JSON-serialisable and must not contradict the model's adapter config. ``path``: a file, or an existing directory (the
     file is then ``<dir>/adapter.safetensors``).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, ADAPTER_FILE)
-    if not lora_modules(model):
-        raise CheckpointError(f"{path}: the model has no LoRA layers to save (apply_lora first)")
-    cfg = lora_config_of(model)
+    if not adapter_layers(model):
+        raise CheckpointError(f"{path}: the model has no adapter layers to save (apply_adapter first)")
+    cfg = adapter_config_of(model)
     info = {**cfg.to_dict(), "model_card": model.config.model_card, "model_config": dataclasses.asdict(model.config)}
     try:
         extra = json.loads(json.dumps(dict(metadata or {})))  # tuples become lists, as stored
@@ -52,16 +62,16 @@ def save_lora(path, model: torch.nn.Module, metadata: Optional[dict] = None) -> 
     clash = {k: (info[k], v) for k, v in extra.items() if k in info and info[k] != v}
     if clash:
         raise CheckpointError(
-            f"{path}: metadata contradicts the model's LoRA config (key: model's value, given value): {clash}"
+            f"{path}: metadata contradicts the model's {cfg.title} config (key: model's value, given value): {clash}"
         )
     text = json.dumps({**info, **extra}, sort_keys=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in lora_state_dict(model, cfg.bias).items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in adapter_state_dict(model, cfg.bias).items()}
     data = save(tensors, metadata={"format": "pt", METADATA_KEY: text})
     with atomic_write(path, "wb") as f:
         f.write(data)
 
 
-def load_lora(path) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
+def load_adapter(path) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
     """``(tensors, metadata)`` of an adapter: our safetensors (metadata from the header, or None
     if it has none) or a checkpoint directory holding ``adapter.safetensors``; or upstream's
     ``.pt`` / ``.bin`` (metadata None: the caller supplies r and alpha). From an upstream file only
@@ -103,20 +113,24 @@ def header_metadata(header: dict, path) -> Optional[dict]:
     return metadata
 
 
-def apply_lora_weights(model: torch.nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
-    """Copy adapter tensors into the model's ``LoRALinear`` layers (apply_lora first), strictly:
-    missing, unexpected and mis-shaped keys are listed in one error. The LoRA must not be merged."""
-    modules = lora_modules(model)
+def apply_adapter_weights(model: torch.nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
+    """Copy adapter tensors into the model's adapter layers (apply_adapter first), strictly:
+    missing, unexpected and mis-shaped keys are listed in one error. The adapter must not be merged."""
+    modules = adapter_layers(model)
     if not modules:
-        raise CheckpointError("the model has no LoRA layers: apply_lora(model, config) before apply_lora_weights")
-    cfg = lora_config_of(model)
+        raise CheckpointError(
+            "the model has no adapter layers: apply_adapter(model, config) before apply_adapter_weights"
+        )
+    cfg = adapter_config_of(model)
     merged = [n for n, m in modules if m.merged]
     if merged:
-        raise CheckpointError(f"LoRA is merged in {merged[:3]}...: unmerge_lora(model) before loading new LoRA weights")
-    # lora_state_dict's tensors share storage with the parameters: copying into them loads.
-    targets = lora_state_dict(model, cfg.bias)
+        raise CheckpointError(
+            f"{cfg.title} is merged in {merged[:3]}...: unmerge_adapter(model) before loading new weights"
+        )
+    # adapter_state_dict's tensors share storage with the parameters: copying into them loads.
+    targets = adapter_state_dict(model, cfg.bias)
     report = fit_report(
-        f"LoRA tensors do not fit the model's LoRA (r={cfg.r}, targets={list(cfg.targets)}):",
+        f"{cfg.title} tensors do not fit the model's {cfg.title} ({shape_settings(cfg)}, targets={list(cfg.targets)}):",
         [k for k in targets if k not in tensors],
         [k for k in tensors if k not in targets],
         [
@@ -164,16 +178,21 @@ def model_config_from_metadata(metadata: dict, source: str) -> GPT2Config:
     raise CheckpointError(f"{source}: the metadata names neither model_config nor model_card")
 
 
-def check_lora_shapes(
-    tensors: Dict[str, torch.Tensor], lora_config: LoRAConfig, model_config: GPT2Config, source: str
+def shape_settings(config: MethodConfig) -> str:
+    """The settings that fix an adapter's tensor shapes, for messages: ``r=4``."""
+    return ", ".join(f"{k}={getattr(config, k)}" for k in config.shape_fields)
+
+
+def check_adapter_shapes(
+    tensors: Dict[str, torch.Tensor], config: MethodConfig, model_config: GPT2Config, source: str
 ) -> None:
-    """The LoRA tensors of a file must be exactly those its description implies, checked before
-    anything is built from the description."""
-    want = lora_shapes(lora_config, model_config.n_layer, model_config.n_embd)
-    have = {k: tuple(t.shape) for k, t in tensors.items() if LORA_KEY.fullmatch(k)}
+    """The adapter tensors of a file (all but trained biases) must be exactly those its description
+    implies, checked before anything is built from the description."""
+    want = config.tensor_shapes(model_config.n_layer, model_config.n_embd)
+    have = {k: tuple(t.shape) for k, t in tensors.items() if not k.endswith(".bias")}
     report = fit_report(
-        f"{source}: the LoRA tensors do not fit its description (r={lora_config.r}, targets="
-        f"{list(lora_config.targets)}, n_layer={model_config.n_layer}, n_embd={model_config.n_embd}):",
+        f"{source}: the {config.title} tensors do not fit its description ({shape_settings(config)}, targets="
+        f"{list(config.targets)}, n_layer={model_config.n_layer}, n_embd={model_config.n_embd}):",
         [k for k in want if k not in have],
         [k for k in have if k not in want],
         [f"{k}: {have[k]} in the file, {want[k]} described" for k in want if k in have and have[k] != want[k]],
@@ -182,24 +201,34 @@ def check_lora_shapes(
         raise CheckpointError(report)
 
 
-def lora_config_from_metadata(metadata: Optional[dict], source: str) -> LoRAConfig:
-    """The ``LoRAConfig`` stored in an adapter's metadata; an error if r, alpha or the scaling rule
-    are missing (upstream's files store none of them: import those with ``lora_nlg.weights.upstream``)."""
+def adapter_config_from_metadata(metadata: Optional[dict], source: str) -> MethodConfig:
+    """The method config stored in an adapter's metadata; an error if a setting is missing (for LoRA
+    r, alpha, the scaling rule and targets: upstream's files store none of them, import those with
+    ``lora_nlg.weights.upstream``)."""
     if metadata is None:
         raise CheckpointError(
             f"{source}: no lora_nlg metadata, so r, alpha and the scaling rule are unknown "
             f"(an upstream checkpoint? convert it first: lora_export.py import upstream FILE OUT --lora_dim R "
             f"--lora_alpha A --model_card CARD)"
         )
-    missing = [k for k in ("r", "alpha", "scaling_rule", "targets") if k not in metadata]
-    if missing:
-        raise CheckpointError(f"{source}: metadata lacks {missing}; the update's scale is unknown")
+    method = method_of(metadata)
+    if method not in METHODS:
+        raise CheckpointError(f"{source}: metadata names the method {method!r}; known methods: {sorted(METHODS)}")
+    config_class = METHODS[method]
+    if method == LoRAConfig.name:  # the settings files have always held (others fall back to defaults)
+        missing = [k for k in ("r", "alpha", "scaling_rule", "targets") if k not in metadata]
+        if missing:
+            raise CheckpointError(f"{source}: metadata lacks {missing}; the update's scale is unknown")
+    else:  # every setting: a seed left out would silently give other weights
+        missing = [f.name for f in dataclasses.fields(config_class) if f.name not in metadata]
+        if missing:
+            raise CheckpointError(f"{source}: metadata of a {config_class.title} adapter lacks {missing}")
     try:
-        cfg = LoRAConfig.from_dict(metadata)
+        cfg = config_class.from_dict(metadata)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: metadata is not a valid LoRA config: {e}") from None
+        raise CheckpointError(f"{source}: metadata is not a valid {config_class.title} config: {e}") from None
     stored = metadata.get("scaling")
-    if stored is not None and not math.isclose(stored, cfg.scaling, rel_tol=1e-9, abs_tol=0.0):
+    if isinstance(cfg, LoRAConfig) and stored is not None and not math.isclose(stored, cfg.scaling, rel_tol=1e-9):
         raise CheckpointError(
             f"{source}: metadata says scaling={stored}, but {cfg.scaling_rule} with "
             f"alpha={cfg.alpha}, r={cfg.r} gives {cfg.scaling}"
@@ -207,22 +236,21 @@ def lora_config_from_metadata(metadata: Optional[dict], source: str) -> LoRAConf
     return cfg
 
 
-def skeleton(model_config: GPT2Config, lora_config: LoRAConfig) -> GPT2LMModel:
-    """A ``GPT2LMModel`` with LoRA whose backbone is on the meta device (no memory) and whose
-    LoRA tensors are real, zero CPU tensors: enough for ``apply_lora_weights`` and ``save_lora``."""
+def skeleton(model_config: GPT2Config, config: MethodConfig) -> GPT2LMModel:
+    """A ``GPT2LMModel`` with an adapter whose backbone is on the meta device (no memory) and whose
+    adapter tensors are real, zero CPU tensors: enough for ``apply_adapter_weights`` and ``save_adapter``."""
     with torch.device("meta"):
-        model = apply_lora(GPT2LMModel(model_config), lora_config)
-    for _, m in lora_modules(model):
-        m.lora_A = nn.Parameter(torch.zeros(m.lora_A.shape))
-        m.lora_B = nn.Parameter(torch.zeros(m.lora_B.shape))
+        model = apply_adapter(GPT2LMModel(model_config), config)
+    for _, m in adapter_layers(model):
+        m.materialize()
     # Trained biases (bias lora_only / all) are part of the adapter: make those real too.
-    wrapped = {id(m.base_layer) for _, m in lora_modules(model)}
+    wrapped = {id(m.base_layer) for _, m in adapter_layers(model)}
     for module in model.modules():
         bias = getattr(module, "bias", None)
         if (
             isinstance(bias, nn.Parameter)
             and bias.is_meta
-            and (lora_config.bias == "all" or (lora_config.bias == "lora_only" and id(module) in wrapped))
+            and (config.bias == "all" or (config.bias == "lora_only" and id(module) in wrapped))
         ):
             module.bias = nn.Parameter(torch.zeros(bias.shape))
     return model
@@ -231,25 +259,25 @@ def skeleton(model_config: GPT2Config, lora_config: LoRAConfig) -> GPT2LMModel:
 def write_adapter(
     path,
     tensors: Dict[str, torch.Tensor],
-    lora_config: LoRAConfig,
+    lora_config: MethodConfig,
     model_config: GPT2Config,
     metadata: Optional[dict] = None,
 ) -> None:
-    """Save LoRA ``tensors`` (keys of ``lora_state_dict``) as our adapter file, strictly checked
+    """Save adapter ``tensors`` (keys of ``adapter_state_dict``) as our adapter file, strictly checked
     against ``lora_config`` on a ``model_config`` backbone."""
-    check_lora_shapes(tensors, lora_config, model_config, str(path))
+    check_adapter_shapes(tensors, lora_config, model_config, str(path))
     model = skeleton(model_config, lora_config)
-    apply_lora_weights(model, {k: v.float() for k, v in tensors.items()})
-    save_lora(path, model, metadata)
+    apply_adapter_weights(model, {k: v.float() for k, v in tensors.items()})
+    save_adapter(path, model, metadata)
 
 
-def read_adapter(path) -> Tuple[Dict[str, torch.Tensor], dict, LoRAConfig, GPT2Config]:
-    """``(tensors, metadata, lora_config, model_config)`` of one of our adapter files."""
-    tensors, metadata = load_lora(path)
+def read_adapter(path) -> Tuple[Dict[str, torch.Tensor], dict, MethodConfig, GPT2Config]:
+    """``(tensors, metadata, method config, model_config)`` of one of our adapter files."""
+    tensors, metadata = load_adapter(path)
     source = str(path)
-    lora_config = lora_config_from_metadata(metadata, source)
+    lora_config = adapter_config_from_metadata(metadata, source)
     model_config = model_config_from_metadata(metadata, source)
-    check_lora_shapes(tensors, lora_config, model_config, source)
+    check_adapter_shapes(tensors, lora_config, model_config, source)
     return tensors, metadata, lora_config, model_config
 
 

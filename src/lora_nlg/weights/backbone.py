@@ -10,8 +10,8 @@ loader transposes (a file already in ``nn.Linear`` layout, e.g. our own ``model.
 is recognised by the non-square ``c_attn`` and loaded as is). Loading is strict: every missing,
 unexpected or mis-shaped key is listed in one ``CheckpointError``.
 
-Order: ``load_pretrained`` builds a plain model; put LoRA on it afterwards (``apply_lora``) and
-then copy adapter tensors in (``lora_nlg.weights.adapter.apply_lora_weights``).
+Order: ``load_pretrained`` builds a plain model; put LoRA on it afterwards (``apply_adapter``) and
+then copy adapter tensors in (``lora_nlg.weights.adapter.apply_adapter_weights``).
 ``save_pretrained`` accepts a model with LoRA and writes the merged weights (the model itself is
 left as it is).
 """
@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from lora_nlg.catalog import EOS_ID
 from lora_nlg.jsonl import read_json
-from lora_nlg.lora import lora_modules
+from lora_nlg.methods import adapter_layers
 from lora_nlg.model import GPT2_SIZES, GPT2Config, GPT2LMModel
 from lora_nlg.weights.layout import new_temp_dir, swap_in
 from lora_nlg.weights.tensors import (
@@ -110,7 +110,7 @@ def _infer_config(by_name, hf_config: Optional[dict], model_card: Optional[str],
             raise CheckpointError(
                 f"{source}: holds only LoRA tensors ({len(lora)}, e.g. {lora[0]!r}), not a GPT-2 "
                 f"backbone. Load the pretrained GPT-2 with load_pretrained, put LoRA on it, then load "
-                f"this file with load_lora and apply_lora_weights (r and alpha: see lora_config_from_tensors)."
+                f"this file with load_adapter and apply_adapter_weights (r and alpha: see lora_config_from_tensors)."
             )
         raise CheckpointError(
             f"{source}: no token embedding ('wte.weight' or 'transformer.wte.weight'); "
@@ -226,7 +226,7 @@ def load_pretrained(path, model_card: Optional[str] = None, dtype: Optional[torc
             report += (
                 " | The file holds LoRA tensors (a fine-tuned model, e.g. upstream's final "
                 "checkpoint): load the pretrained GPT-2 with load_pretrained and the LoRA "
-                "tensors with load_lora(path)."
+                "tensors with load_adapter(path)."
             )
         raise CheckpointError(report)
     model.load_state_dict(state, strict=True, assign=True)
@@ -237,12 +237,13 @@ def load_pretrained(path, model_card: Optional[str] = None, dtype: Optional[torc
 
 
 def _plain_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """Our keys without LoRA: a wrapped layer's weight is its base weight plus, if not merged,
-    scaling * B A (so the saved model computes what ``model`` computes)."""
-    wrapped = dict(lora_modules(model))
+    """Our keys without the adapter: a wrapped layer's weight is its base weight plus, if not merged,
+    its ``delta_weight()`` (so the saved model computes what ``model`` computes)."""
+    wrapped = dict(adapter_layers(model))
     out = {}
     for key, t in model.state_dict().items():
-        if LORA_KEY.fullmatch(key):
+        owner = key.rpartition(".")[0]
+        if owner in wrapped:  # the adapter's own tensors
             continue
         if ".base_layer." in key:
             module_name, _, param = key.rpartition(".base_layer.")

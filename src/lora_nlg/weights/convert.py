@@ -22,7 +22,7 @@ import os
 import sys
 
 from lora_nlg.cli import PROG_ENV, run_program
-from lora_nlg.lora import SCALING_RULES
+from lora_nlg.methods import SCALING_RULES
 from lora_nlg.model import GPT2_SIZES
 from lora_nlg.weights.adapter import read_adapter
 

@@ -30,6 +30,8 @@ import tempfile
 from typing import List, Optional, Tuple
 
 from lora_nlg.atomic import atomic_write
+from lora_nlg.jsonl import read_json
+from lora_nlg.methods.peft_backend import ADAPTER_CONFIG as PEFT_CONFIG
 from lora_nlg.weights.tensors import LORA_KEY, CheckpointError, read_safetensors, read_tensors
 
 CHECKPOINTS = "checkpoints"
@@ -39,6 +41,7 @@ ADAPTER_FILE = "adapter.safetensors"
 TRAINER_STATE = "trainer_state.pt"
 DESCRIPTION = "checkpoint.json"
 FULL_MODEL = "model"
+PEFT_FOLDER = "peft"  # --method peft: PEFT's own adapter folder instead of adapter.safetensors
 METADATA_KEY = "lora_nlg"  # the safetensors header key holding an adapter's JSON description
 
 
@@ -113,6 +116,12 @@ def write_description(folder: str, description: dict) -> None:
         f.write("\n")
 
 
+def read_description(folder: str) -> dict:
+    """A checkpoint folder's ``checkpoint.json``, or {} when it has none."""
+    path = os.path.join(folder, DESCRIPTION)
+    return read_json(path) if os.path.isfile(path) else {}
+
+
 def epoch_candidates(work_dir: str) -> List[str]:
     """The ``epoch-<E>`` folders in epoch order, and the ``last`` one when training stopped inside
     an epoch (model selection's candidates)."""
@@ -127,13 +136,17 @@ def epoch_candidates(work_dir: str) -> List[str]:
 
 
 def checkpoint_kind(path: str) -> Tuple[str, str]:
-    """``('adapter' | 'upstream_lora' | 'full', the path to load)`` for a checkpoint folder, an
-    adapter file, upstream's ``.pt`` or a full model (Hugging Face folder or weights file)."""
+    """``('adapter' | 'peft' | 'upstream_lora' | 'full', the path to load)`` for a checkpoint folder,
+    an adapter file, a PEFT folder, upstream's ``.pt`` or a full model (Hugging Face folder or weights file)."""
     if not os.path.exists(path):
         raise CheckpointError(f"--init_checkpoint {path}: no such file or folder")
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, ADAPTER_FILE)):
             return "adapter", os.path.join(path, ADAPTER_FILE)
+        if os.path.isfile(os.path.join(path, PEFT_FOLDER, PEFT_CONFIG)):
+            return "peft", os.path.join(path, PEFT_FOLDER)
+        if os.path.isfile(os.path.join(path, PEFT_CONFIG)):
+            return "peft", path
         if os.path.isdir(os.path.join(path, FULL_MODEL)):
             return "full", os.path.join(path, FULL_MODEL)
         return "full", path
@@ -149,7 +162,9 @@ def checkpoint_kind(path: str) -> Tuple[str, str]:
 def decodable(checkpoint: str, full: bool = False) -> str:
     """What ``gpt2_beam.py --init_checkpoint`` should get for a checkpoint folder: the folder (its
     adapter) or, with ``full`` or when it holds no adapter, its ``model/``."""
-    if not full and os.path.isfile(os.path.join(checkpoint, ADAPTER_FILE)):
+    if not full and (
+        os.path.isfile(os.path.join(checkpoint, ADAPTER_FILE)) or os.path.isdir(os.path.join(checkpoint, PEFT_FOLDER))
+    ):
         return checkpoint
     model = os.path.join(checkpoint, FULL_MODEL)
     if not os.path.isdir(model):

@@ -8,9 +8,9 @@ LM head tied to the token embedding. The tokenizer is GPT-2's own (``openai-comm
 import os
 from typing import Optional
 
-from lora_nlg.lora import apply_lora
+from lora_nlg.methods import apply_adapter
 from lora_nlg.model import GPT2LMModel
-from lora_nlg.weights.adapter import apply_lora_weights, read_adapter
+from lora_nlg.weights.adapter import apply_adapter_weights, read_adapter
 from lora_nlg.weights.backbone import load_pretrained, save_pretrained
 from lora_nlg.weights.tensors import CheckpointError
 
@@ -40,8 +40,8 @@ def model_with_adapter(adapter_path, pretrained: Optional[str] = None) -> GPT2LM
         raise CheckpointError(
             f"{pretrained}: not the backbone of {adapter_path} (field: backbone's value, adapter's value): {differ}"
         )
-    apply_lora(model, lora_config)
-    apply_lora_weights(model, tensors)
+    apply_adapter(model, lora_config)
+    apply_adapter_weights(model, tensors)
     return model.eval()
 
 

@@ -1,4 +1,10 @@
-"""Our LoRA adapters <-> Hugging Face PEFT adapter folders for transformers' ``GPT2LMHeadModel``.
+"""Our adapters <-> Hugging Face PEFT adapter folders for transformers' ``GPT2LMHeadModel``.
+
+LoRA below in detail. DoRA, VeRA and FourierFT export (``method_to_peft``) to PEFT's LoRA with
+``use_dora``, VeRA (``save_projection`` off: PEFT redraws A and B from ``projection_prng_key``, our
+seed) and FourierFT (``random_loc_seed``, our seed) when they sit on whole modules only: on slices of
+the fused c_attn PEFT would compute another function (a magnitude per row of all of q, k, v, one
+shared projection or spectrum for the three), so export refuses naming why. Import is LoRA's.
 
 A PEFT folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` with, for every
 adapted layer, ``base_model.model.transformer.h.<i>.<module>.lora_A.weight`` (R, in) and
@@ -43,6 +49,7 @@ Refused with a message naming the file and field: DoRA, LoRA on the embeddings, 
 ``modules_to_save``, trainable tokens, and any tensor whose name or shape does not fit.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -55,10 +62,11 @@ from safetensors.torch import save
 from lora_nlg.atomic import atomic_write
 from lora_nlg.catalog import HUB_NAMES, hub_folder
 from lora_nlg.jsonl import read_json
-from lora_nlg.lora import MODULE_DIMS, MODULE_SLICES, TARGETS, LoRAConfig, enabled_slices
+from lora_nlg.methods import MODULE_DIMS, MODULE_SLICES, TARGETS, LoRAConfig, MethodConfig, enabled_slices
+from lora_nlg.methods.peft_backend import ADAPTER_CONFIG
 from lora_nlg.model import GPT2_SIZES, GPT2Config
 from lora_nlg.weights.adapter import (
-    apply_lora_weights,
+    apply_adapter_weights,
     header_metadata,
     model_config_from_metadata,
     read_adapter,
@@ -68,7 +76,7 @@ from lora_nlg.weights.adapter import (
 from lora_nlg.weights.layout import METADATA_KEY
 from lora_nlg.weights.tensors import CheckpointError, read_safetensors, read_tensors
 
-CONFIG_FILE = "adapter_config.json"
+CONFIG_FILE = ADAPTER_CONFIG
 WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
 SLICE_NAMES = ("q", "k", "v")
@@ -144,7 +152,7 @@ def to_peft(
 ) -> Tuple[Dict[str, torch.Tensor], dict]:
     """Our LoRA tensors -> ``(PEFT tensors, adapter_config fields)``; see the module docstring."""
     # Strict check of every key and shape against the config, on a backbone-free skeleton.
-    apply_lora_weights(skeleton(model_config, lora_config), tensors)
+    apply_adapter_weights(skeleton(model_config, lora_config), tensors)
     use_rslora = lora_config.scaling_rule == "alpha/sqrt(r)"
     scaling = lora_config.scaling
     slices = enabled_slices(lora_config.targets)
@@ -157,11 +165,7 @@ def to_peft(
             name = f"transformer.h.{i}.{path}"
             out[f"{PREFIX}{name}.lora_A.weight"] = tensors[f"{name}.lora_A"].contiguous()
             out[f"{PREFIX}{name}.lora_B.weight"] = _dense_b(tensors[f"{name}.lora_B"], enable).contiguous()
-    for key, t in tensors.items():  # trained biases: PEFT keeps a wrapped layer's under base_layer
-        if key.endswith(".bias"):
-            name = key[: -len(".bias")]
-            wrapped = any(name.endswith("." + p) for p in slices) and ".h." in name
-            out[f"{PREFIX}{name}{'.base_layer' if wrapped else ''}.bias"] = t.contiguous()
+    out.update(_peft_biases(tensors, slices))
     # The config's r / lora_alpha: our r where some module has it (then alpha is ours under
     # alpha/r), else the one rank there is; the other modules go into the patterns.
     default = next((p for p in slices if ranks[p] == lora_config.r), next(iter(slices)))
@@ -187,6 +191,86 @@ def to_peft(
     return out, config
 
 
+def _peft_biases(tensors: Dict[str, torch.Tensor], slices) -> Dict[str, torch.Tensor]:
+    """Trained biases under PEFT's names: PEFT keeps a wrapped layer's under base_layer."""
+    out = {}
+    for key, t in tensors.items():
+        if key.endswith(".bias"):
+            name = key[: -len(".bias")]
+            wrapped = any(name.endswith("." + p) for p in slices) and ".h." in name
+            out[f"{PREFIX}{name}{'.base_layer' if wrapped else ''}.bias"] = t.contiguous()
+    return out
+
+
+# What PEFT calls our tensors of each method, on a whole module (one slice: index 0 of our stacks).
+PEFT_NAMES = {
+    "dora": {"lora_magnitude": "lora_magnitude_vector.weight"},
+    "vera": {"vera_lambda_d": "vera_lambda_d", "vera_lambda_b": "vera_lambda_b"},
+    "fourierft": {"fourierft_spectrum": "fourierft_spectrum"},
+}
+# Why PEFT cannot take a method's adapter on slices of the fused c_attn.
+NOT_ON_SLICES = {
+    "dora": "PEFT's DoRA on the fused c_attn normalises all of its rows (k's too), which the adapter does not hold",
+    "vera": "PEFT's VeRA on the fused c_attn has one lambda_d for q, k and v together, the adapter one per slice",
+    "fourierft": "PEFT's FourierFT on the fused c_attn draws its frequencies over the whole (3C, C) matrix, the "
+    "adapter over each (C, C) slice",
+}
+
+
+def method_to_peft(
+    tensors: Dict[str, torch.Tensor], config: MethodConfig, model_config: GPT2Config, source: str
+) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """A DoRA, VeRA or FourierFT adapter on whole modules -> ``(PEFT tensors, adapter_config fields)``."""
+    apply_adapter_weights(skeleton(model_config, config), tensors)
+    slices = enabled_slices(config.targets)
+    partial = [p for p, enable in slices.items() if len(enable) > 1]
+    if partial:
+        raise NotRepresentable(
+            f"{source}: {config.title} on {','.join(t for t in config.targets if t in SLICE_NAMES)}: "
+            f"{NOT_ON_SLICES[config.name]}; export merged gives a plain GPT-2 instead"
+        )
+    names = PEFT_NAMES[config.name]
+    out = {}
+    for key, t in tensors.items():
+        name, _, tensor = key.rpartition(".")
+        if tensor in names:
+            one = t[0] if tensor in ("vera_lambda_d", "fourierft_spectrum") else t  # (1, n) stacks of one module
+            out[f"{PREFIX}{name}.{names[tensor]}"] = one.contiguous()
+        elif tensor in ("lora_A", "lora_B"):
+            out[f"{PREFIX}{name}.{tensor}.weight"] = t.contiguous()
+    out.update(_peft_biases(tensors, slices))
+    common = {
+        "task_type": "CAUSAL_LM",
+        "target_modules": sorted(slices),
+        "bias": config.bias,
+        "fan_in_fan_out": True,  # transformers' GPT-2 layers are Conv1D
+        "inference_mode": True,
+    }
+    if config.name == "dora":
+        lora_tensors = {k: v for k, v in tensors.items() if not k.endswith(".lora_magnitude")}
+        lora_config = LoRAConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(LoRAConfig)})
+        _, lora_fields = to_peft(lora_tensors, lora_config, model_config, source=source)
+        return out, {**lora_fields, "use_dora": True}
+    if config.name == "vera":
+        fields = {
+            "peft_type": "VERA",
+            "r": config.r,
+            "projection_prng_key": config.seed,
+            "save_projection": False,  # PEFT draws A and B from the key, as we do
+            "d_initial": config.d_initial,
+            "vera_dropout": config.dropout,
+        }
+    else:
+        fields = {
+            "peft_type": "FOURIERFT",
+            "n_frequency": config.n_frequency,
+            "scaling": config.scaling,
+            "random_loc_seed": config.seed,
+            "init_weights": config.init == "zeros",
+        }
+    return out, {**fields, **common}
+
+
 def export_peft(adapter_path, folder, base_model: Optional[str] = None, integer_alpha: bool = False) -> dict:
     """Write our adapter ``adapter_path`` as a PEFT folder; returns the adapter config written.
 
@@ -194,7 +278,10 @@ def export_peft(adapter_path, folder, base_model: Optional[str] = None, integer_
     card, e.g. ``openai-community/gpt2-medium``; None for a shape that is no card).
     """
     tensors, metadata, lora_config, model_config = read_adapter(adapter_path)
-    peft_tensors, config = to_peft(tensors, lora_config, model_config, integer_alpha, str(adapter_path))
+    if type(lora_config) is LoRAConfig:
+        peft_tensors, config = to_peft(tensors, lora_config, model_config, integer_alpha, str(adapter_path))
+    else:
+        peft_tensors, config = method_to_peft(tensors, lora_config, model_config, str(adapter_path))
     if base_model is None:  # a local path would be machine-specific: name the Hub model
         base_model = HUB_NAMES.get(model_config.model_card)
     config = {"base_model_name_or_path": base_model, **config}

@@ -15,9 +15,9 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from lora_nlg.lora import TARGETS, LoRAConfig
+from lora_nlg.methods import TARGETS, LoRAConfig
 from lora_nlg.model import GPT2Config
-from lora_nlg.weights.adapter import load_lora, write_adapter
+from lora_nlg.weights.adapter import load_adapter, write_adapter
 from lora_nlg.weights.tensors import CheckpointError
 
 
@@ -38,7 +38,7 @@ def import_upstream(
     on (``gpt2.md`` for ``gpt2_md_lora_e2e.pt``); the LoRA tensors' width is checked against it.
     """
     path = os.fspath(path)
-    tensors, metadata = load_lora(path)  # LoRA tensors only, ``module.`` removed
+    tensors, metadata = load_adapter(path)  # LoRA tensors only, ``module.`` removed
     if metadata is not None:
         raise CheckpointError(
             f"{path}: already one of our adapters (it carries lora_nlg metadata: "

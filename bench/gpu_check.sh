@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # GPU check of training: a bf16 and an fp16 few-step run, a 1-GPU NCCL torchrun run, and the
-# training benchmark, on GPT-2 S with random weights. Prints what each run reported.
+# training benchmark, on GPT-2 S with random weights; then every adapter method (DoRA, VeRA,
+# FourierFT, LoRA+, PEFT's AdaLoRA) for a few bf16 steps on GPT-2 M shapes and the methods'
+# benchmark at GPT-2 M shapes. Prints what each run reported.
 #
 #   bash bench/gpu_check.sh [OUT_DIR]          (default: $OUT, else /tmp/gpu_check)
 #
 # Data: data/e2e/{train,valid}.jsonl (bash scripts/create_datasets.sh e2e), else the E2E files are
 # encoded from the data mirror ($NLG_DATA_MIRROR or ../shared/data) into OUT_DIR. Environment:
-# PYTHON (default python), STEPS (training steps per run, default 30), BENCH=0 skips the benchmark,
-# COMPILE=1 adds a --compile run.
+# PYTHON (default python), STEPS (training steps per run, default 30), BENCH=0 skips the benchmarks,
+# COMPILE=1 adds a --compile run, METHODS=0 skips the methods.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"  # ROOT, the venv, PYTHONPATH, PY
 cd "$ROOT"
@@ -30,7 +32,7 @@ else
   echo "data/e2e not prepared: encoding E2E from the data mirror"
   "$PY" - "$OUT_DIR" <<'PYEOF'
 import json, sys
-from lora_nlg import datasets as D
+from lora_nlg.data import raw as D
 from lora_nlg.data.prepare import encode_pairs
 from lora_nlg.data.sources import default_mirror
 from lora_nlg.data.tokenizer import GPT2Tokenizer
@@ -99,4 +101,21 @@ if [[ "${BENCH:-1}" != 0 ]]; then
   "$PY" bench/train_bench.py --device cuda --precision bf16 --steps 30 --compile --json "$OUT_DIR/bench_bf16.json"
   echo "=== benchmark (fp32, TF32 matmuls)"
   "$PY" bench/train_bench.py --device cuda --precision fp32 --steps 30 --json "$OUT_DIR/bench_fp32.json"
+fi
+if [[ "${METHODS:-1}" != 0 ]]; then
+  MCOMMON=("${COMMON[@]}" --model_card gpt2.md --precision bf16 --max_step 10 --eval_interval 10 --save_interval 10)
+  run method_dora "$PY" src/gpt2_ft.py "${MCOMMON[@]}" --method dora --work_dir "$OUT_DIR/method_dora"
+  run method_vera "$PY" src/gpt2_ft.py "${MCOMMON[@]}" --method vera --vera_r 1024 --lr 0.1 --work_dir "$OUT_DIR/method_vera"
+  run method_fourierft "$PY" src/gpt2_ft.py "${MCOMMON[@]}" --method fourierft --fourierft_scaling 300 --lr 0.02 \
+      --lora_dropout 0 --work_dir "$OUT_DIR/method_fourierft"
+  run method_loraplus "$PY" src/gpt2_ft.py "${MCOMMON[@]}" --loraplus_lr_ratio 16 --work_dir "$OUT_DIR/method_loraplus"
+  # configs/peft/adalora.json's schedule, shrunk to 10 steps
+  echo '{"peft_type": "ADALORA", "target_modules": ["c_attn"], "init_r": 12, "target_r": 8, "lora_alpha": 32,
+         "tinit": 2, "tfinal": 3, "deltaT": 1}' > "$OUT_DIR/adalora.json"
+  run method_adalora "$PY" src/gpt2_ft.py "${MCOMMON[@]}" --method peft --peft_config "$OUT_DIR/adalora.json" \
+      --work_dir "$OUT_DIR/method_adalora"
+  if [[ "${BENCH:-1}" != 0 ]]; then
+    echo "=== methods benchmark (bf16, GPT-2 M shapes)"
+    "$PY" bench/method_bench.py --device cuda --precision bf16 --model_card gpt2.md --steps 20 --json "$OUT_DIR/method_bench.json"
+  fi
 fi

@@ -1,8 +1,8 @@
 """One table of the speed ratios the benchmarks measured (``bench/run_all.sh`` prints it).
 
-    python bench/ratio_table.py --train train.json --beam beam.json --eval eval.json [--markdown]
+    python bench/ratio_table.py --train train.json --beam beam.json --eval eval.json --methods methods.json [--markdown]
 
-Reads the ``--json`` reports of ``train_bench.py``, ``beam_bench.py`` and ``eval_bench.py`` (any
+Reads the ``--json`` reports of ``train_bench.py``, ``beam_bench.py``, ``eval_bench.py`` and ``method_bench.py`` (any
 of them may be missing: its rows say so). A ratio above 1 means ours is faster by that factor.
 """
 
@@ -21,7 +21,7 @@ def _load(path):
         return json.load(f), None
 
 
-def rows(train, beam, evaluation):
+def rows(train, beam, evaluation, methods=None):
     """(area, comparison, ratio or None, note) rows."""
     out = []
     report, why = _load(train)
@@ -88,6 +88,12 @@ def rows(train, beam, evaluation):
                     f"ours {run['ours']['cpu_s']} s, theirs {run['reference']['cpu_s']} s",
                 )
             )
+    report, why = _load(methods)
+    if report is None:
+        out.append(("methods", "all comparisons", None, why))
+    else:
+        for name, value in report["ratios"].items():
+            out.append(("methods", name, value, f"{report['device']}, {report['precision']}"))
     return out
 
 
@@ -107,9 +113,10 @@ def main(argv=None) -> int:
     p.add_argument("--train", help="train_bench.py --json report")
     p.add_argument("--beam", help="beam_bench.py --json report")
     p.add_argument("--eval", help="eval_bench.py --json report")
+    p.add_argument("--methods", help="method_bench.py --json report")
     p.add_argument("--markdown", action="store_true", help="a markdown table")
     args = p.parse_args(argv)
-    print(format_table(rows(args.train, args.beam, args.eval), args.markdown))
+    print(format_table(rows(args.train, args.beam, args.eval, args.methods), args.markdown))
     return 0
 
 

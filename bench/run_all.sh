@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Run the training, decoding and evaluation benchmarks and print one table of their speed ratios.
 #
-#   bash bench/run_all.sh [--quick] [--out DIR] [--only train,beam,eval]
+#   bash bench/run_all.sh [--quick] [--out DIR] [--only train,beam,eval,methods]
 #
 # With CUDA: each benchmark at its full size on the GPU (train_bench.py, beam_bench.py defaults).
 # Without CUDA, or with --quick: the CPU sizes of their docstrings (train: 4 steps, upstream method 1;
 # decoding: 16 of the 630 E2E test inputs, 8 for the transformers comparison, 2 seed lines;
-# evaluation always runs whole: it is CPU work). Reports go to DIR (default bench_out/:
-# train.json, beam.json, eval.json, each benchmark's output in <name>.log, table.md). A benchmark
+# evaluation always runs whole: it is CPU work; methods: 3 steps per system). Reports go to DIR
+# (default bench_out/: train.json, beam.json, eval.json, methods.json, each benchmark's output in
+# <name>.log, table.md). A benchmark
 # that fails is reported in the table; the exit status is then 1. Each benchmark's output shows as it
 # runs; how long each takes on a 2-core CPU: README, "Benchmarks".
 set -euo pipefail
@@ -16,7 +17,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"  # ROOT, the venv, PYT
 cd "$ROOT"
 QUICK=0
 OUT="$ROOT/bench_out"
-ONLY="train,beam,eval"
+ONLY="train,beam,eval,methods"
 while (($#)); do
   case "$1" in
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -29,15 +30,16 @@ while (($#)); do
   shift
 done
 for b in ${ONLY//,/ }; do
-  [[ "$b" == train || "$b" == beam || "$b" == eval ]] || { echo "run_all.sh: --only: '$b' is not train, beam or eval" >&2; exit 2; }
+  [[ "$b" == train || "$b" == beam || "$b" == eval || "$b" == methods ]] || { echo "run_all.sh: --only: '$b' is not train, beam, eval or methods" >&2; exit 2; }
 done
 mkdir -p "$OUT"
 CUDA="$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))')"
 if [[ "$CUDA" == 1 && "$QUICK" == 0 ]]; then
-  TRAIN_ARGS=(); BEAM_ARGS=()
+  TRAIN_ARGS=(); BEAM_ARGS=(); METHOD_ARGS=()
 else
   TRAIN_ARGS=(--device cpu --steps 4 --seed_steps 1)
   BEAM_ARGS=(--device cpu --n_inputs 16 --hf_inputs 8 --seed_lines 2 --batch_size 8)
+  METHOD_ARGS=(--device cpu --steps 3 --warmup 1)
 fi
 
 FAILED=()
@@ -65,9 +67,10 @@ bench() {  # bench NAME COMMAND...: run one benchmark, keep going if it fails; i
 [[ ",$ONLY," == *,train,* ]] && bench train "$PY" bench/train_bench.py ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
 [[ ",$ONLY," == *,beam,* ]] && bench beam "$PY" bench/beam_bench.py ${BEAM_ARGS[@]+"${BEAM_ARGS[@]}"}
 [[ ",$ONLY," == *,eval,* ]] && bench eval "$PY" bench/eval_bench.py
+[[ ",$ONLY," == *,methods,* ]] && bench methods "$PY" bench/method_bench.py ${METHOD_ARGS[@]+"${METHOD_ARGS[@]}"}
 
 TABLE_ARGS=()
-for name in train beam eval; do
+for name in train beam eval methods; do
   [[ ",$ONLY," == *,$name,* ]] && TABLE_ARGS+=("--$name" "$OUT/$name.json")
 done
 echo

@@ -302,7 +302,7 @@ def main(argv=None):
             trainable=m.trainable,
             steps=len(times[m.name]),
         )
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    device_name = device_label(device)
     print(
         f"device {device_name} | {args.precision} | GPT-2 S random weights | batch {args.batch_size} | "
         f"data {source} (mean length {statistics.mean(lengths):.1f} tokens) | torch {torch.__version__}"
@@ -338,12 +338,21 @@ def main(argv=None):
         ratios["examples/s vs seed method (target >= 4)"] = (
             rows["ours"]["examples_per_s"] / rows["seed"]["examples_per_s"]
         )
+    write_report(args.json, device_name, args.precision, rows, ratios)
+    return 0
+
+
+def device_label(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+
+
+def write_report(path, device_name: str, precision: str, rows: dict, ratios: dict) -> None:
+    """Print the ratios; with ``path``, write the report run_all.sh's table reads."""
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"device": device_name, "precision": args.precision, "rows": rows, "ratios": ratios}, f, indent=2)
-    return 0
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"device": device_name, "precision": precision, "rows": rows, "ratios": ratios}, f, indent=2)
 
 
 if __name__ == "__main__":

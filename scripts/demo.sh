@@ -76,15 +76,7 @@ RAW=(bash scripts/create_datasets.sh e2e --data_dir "$DATA_DIR" --no_download)
 step prepare-data "${RAW[@]}"
 
 # 2. The stand-in for pretraining: full training of a random gpt2.tiny, loss on every token.
-step subset-pretrain-valid "$PY" -m lora_nlg.data.subset "$DATA_DIR/e2e/valid.jsonl" "$OUT/pretrain_valid.jsonl" \
-    --sample "$PRE_VALID" --seed 1
-step pretrain "$PY" src/gpt2_ft.py --config configs/tiny.yaml --train_data "$DATA_DIR/e2e/train.jsonl" \
-    --valid_data "$OUT/pretrain_valid.jsonl" --lora_dim 0 --lora_dropout 0 --label_smooth 0 --obj jlm \
-    --lr 0.003 --warmup_step $((PRE_STEPS / 10)) --max_step "$PRE_STEPS" \
-    --eval_interval $((PRE_STEPS / 5)) --save_interval "$PRE_STEPS" --log_interval $((PRE_STEPS / 30 > 0 ? PRE_STEPS / 30 : 1)) \
-    --tensorboard false --work_dir "$OUT/pretrain" --overwrite
-BACKBONE="$OUT/pretrain/checkpoints/step-$PRE_STEPS/model"
-[[ -f "$BACKBONE/config.json" ]] || fail pretrain "no model in $BACKBONE"
+standin_backbone "$DATA_DIR" "$PRE_STEPS" "$PRE_VALID"  # sets BACKBONE (scripts/steps.sh)
 
 # 3. LoRA fine-tuning, dev-BLEU epoch choice, test decoding and evaluation: run.sh's tiny chain.
 rm -rf "$OUT/run"

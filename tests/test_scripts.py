@@ -207,7 +207,7 @@ def test_run_sh_rejects_bad_arguments_before_running_anything(args, message, tmp
 
 def test_bench_run_all_rejects_an_unknown_benchmark():
     r = run_script([REPO / "bench/run_all.sh", "--only", "train,speed"], timeout=60)
-    assert r.returncode == 2 and "'speed' is not train, beam or eval" in r.stderr
+    assert r.returncode == 2 and "'speed' is not train, beam, eval or methods" in r.stderr
 
 
 # ------------------------------------------------------------------------------ the pieces
@@ -347,7 +347,7 @@ def test_loss_plot_reads_train_and_valid_records(tmp_path):
     assert loss_plot.main(["--out", str(tmp_path / "x.png"), str(work)]) == 2
 
 
-def test_bench_ratio_table_reads_the_three_reports(tmp_path):
+def test_bench_ratio_table_reads_the_four_reports(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     try:
         import ratio_table
@@ -374,9 +374,11 @@ def test_bench_ratio_table_reads_the_three_reports(tmp_path):
             }
         )
     )
-    table = ratio_table.rows(str(train), str(beam), str(tmp_path / "missing.json"))
+    methods = tmp_path / "methods.json"
+    methods.write_text(json.dumps({"device": "CPU", "precision": "fp32", "ratios": {"dora vs PEFT": 1.2}}))
+    table = ratio_table.rows(str(train), str(beam), str(tmp_path / "missing.json"), str(methods))
     ratios = [r for _, _, r, _ in table]
-    assert ratios == [1.5, 2.0, 30.0, None]
+    assert ratios == [1.5, 2.0, 30.0, None, 1.2]
     text = ratio_table.format_table(table)
     assert "1.50x" in text and "30.00x" in text and "no report" in text
 
@@ -401,3 +403,33 @@ def test_run_sh_tiny_with_a_method_trains_and_decodes_it(prepared, mirror, tmp_p
     _, metadata = adapter(out / "seed-110" / "checkpoints" / "epoch-1")
     assert metadata["method"] == "vera" and metadata["r"] == 8
     assert len((out / "seed-110" / "test" / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_method_study_quick_measures_every_method_it_runs(prepared, mirror, tmp_path):
+    out = tmp_path / "study"
+    args = ["--quick", "--methods", "lora adalora", "--data_dir", prepared, "--data_mirror", mirror, "--out", out]
+    r = run_script([REPO / "scripts/method_study.sh", *args])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = {row["method"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert list(rows) == ["lora", "adalora"]
+    assert rows["lora"]["trainable"] == 4 * 2 * (4 * 128 + 128 * 4)  # r=4 on q, v of gpt2.tiny
+    # AdaLoRA on c_attn: A (8, 128), B (384, 8), E (8, 1) per layer, as PEFT builds them
+    assert rows["adalora"]["trainable"] == 4 * (8 * 128 + 384 * 8 + 8)
+    for row in rows.values():
+        assert row["peak_rss_mib"] > 100 and row["ms_per_step"] > 0 and row["dev_bleu"] is not None
+        assert json.loads((out / row["method"] / "usage.json").read_text())["returncode"] == 0
+    assert (out / "method_study.png").stat().st_size > 1000
+    assert "| LoRA r=4 (q, v) | 0.008 | 8,192 |" in (out / "results.md").read_text()
+
+
+def test_method_study_measure_passes_the_exit_status_on(tmp_path):
+    from lora_nlg.pipeline import method_study
+
+    usage = tmp_path / "usage.json"
+    assert method_study.main(["measure", str(usage), "--", sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
+    assert json.loads(usage.read_text())["returncode"] == 3
+
+
+def test_method_study_refuses_an_unknown_method(tmp_path):
+    r = run_script([REPO / "scripts/method_study.sh", "--methods", "lora adamix", "--out", tmp_path], timeout=60)
+    assert r.returncode == 2 and "--methods: unknown method 'adamix'" in r.stderr
